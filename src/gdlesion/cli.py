@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from . import __version__
 from .errors import GdLesionError
@@ -37,7 +38,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except GdLesionError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        # Text, not markup: file names may contain "[...]" that rich would eat.
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
 
 

@@ -82,7 +82,8 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
-            raise InputError(f"{self.name or 'image'}: expected a 3-D array, got shape {self.data.shape}")
+            who = self.name or "image"
+            raise InputError(f"{who}: expected a 3-D array, got shape {self.data.shape}")
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4):
             raise InputError(f"{self.name or 'image'}: affine must be 4x4, got {affine.shape}")
@@ -307,7 +308,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
