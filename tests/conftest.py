@@ -14,7 +14,9 @@ LESJAK = SHARED_DATA / "lesjak2018_ms"
 TCGA = SHARED_DATA / "tcga_fg_6692"
 
 
-def oblique_affine(zooms=(0.9, 1.1, 2.5), angles_deg=(12.0, -7.0, 20.0), origin=(-40.0, 25.0, -10.0)):
+def oblique_affine(
+    zooms=(0.9, 1.1, 2.5), angles_deg=(12.0, -7.0, 20.0), origin=(-40.0, 25.0, -10.0)
+):
     """A rotated, anisotropic voxel-to-RAS affine (no axis aligned with the world)."""
     ax, ay, az = np.deg2rad(angles_deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])

@@ -351,7 +351,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
-def ensure_writable_dir(out_dir: str | os.PathLike[str], *, overwrite: bool, inputs: tuple = ()) -> Path:
+def ensure_writable_dir(
+    out_dir: str | os.PathLike[str], *, overwrite: bool, inputs: tuple = ()
+) -> Path:
     """Check that results may be written into ``out_dir`` without silent loss.
 
     Parameters
