@@ -1,0 +1,186 @@
+"""Per-lesion measures from a label map (vectorised with ``np.bincount``).
+
+Every per-lesion sum (count, centroid, second moments, fractions) is one
+``np.bincount`` over the labelled voxels, so the cost does not depend on the
+number of lesions. Only the ring/nodular pattern looks at each lesion's own
+small bounding box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+__all__ = ["LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION"]
+
+#: Columns of the lesion table, in order. Bounding boxes are voxel indices, both ends inclusive.
+LESION_COLUMNS = [
+    "lesion_id",
+    "n_voxels",
+    "volume_mm3",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "bbox_i_min",
+    "bbox_j_min",
+    "bbox_k_min",
+    "bbox_i_max",
+    "bbox_j_max",
+    "bbox_k_max",
+    "max_enhancement_pct",
+    "mean_enhancement_pct",
+    "max_z",
+    "mean_z",
+    "pattern",
+    "elongation",
+    "length_mm",
+    "distance_to_surface_mm",
+    "edge_fraction",
+    "ventricle_fraction",
+    "flair_z",
+]
+#: Same columns, used for candidates (the rejected table adds ``reason``).
+FEATURE_COLUMNS = LESION_COLUMNS
+
+#: A lesion is a ring when non-enhancing voxels enclosed by it (its hole, filled slice by
+#: slice) are at least this fraction of the filled lesion: a necrotic or non-enhancing core.
+RING_HOLE_FRACTION = 0.15
+
+
+def _sums(lab: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(lab, weights=weights, minlength=n + 1)[1:]
+
+
+def _ring_pattern(labels: np.ndarray, n: int) -> np.ndarray:
+    """True for lesions enclosing a non-enhancing core (holes filled in 3-D and per slice)."""
+    ring = np.zeros(n, dtype=bool)
+    for idx, box in enumerate(ndi.find_objects(labels, max_label=n)):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        les = labels[box] == idx + 1
+        filled = ndi.binary_fill_holes(les)
+        for axis in range(3):
+            structure = np.zeros((3, 3, 3), dtype=bool)
+            plane = [slice(None)] * 3
+            plane[axis] = 1  # type: ignore[call-overload]
+            structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
+            filled |= ndi.binary_fill_holes(les, structure=structure)
+        hole = int(filled.sum() - les.sum())
+        ring[idx] = hole >= RING_HOLE_FRACTION * filled.sum() and hole >= 2
+    return ring
+
+
+def lesion_features(
+    labels: np.ndarray,
+    n: int,
+    *,
+    affine: np.ndarray,
+    z: np.ndarray,
+    residual: np.ndarray,
+    nawm_level: float,
+    depth_mm: np.ndarray,
+    near_ventricle: np.ndarray,
+    edge_margin_mm: float,
+    flair_z: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Measure every label ``1..n`` of ``labels``.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int label map ``0..n`` on the post grid.
+    n : int
+        Number of labels.
+    affine : numpy.ndarray
+        Voxel-to-RAS affine of the post grid (centroids are scanner RAS mm).
+    z : numpy.ndarray
+        Enhancement in noise units.
+    residual : numpy.ndarray
+        ``post - pre_mapped`` in post intensity units.
+    nawm_level : float
+        Median post intensity of normal-appearing white matter; enhancement
+        percentages are ``100 * residual / nawm_level``.
+    depth_mm : numpy.ndarray
+        Distance to the brain surface (mm).
+    near_ventricle : numpy.ndarray
+        Boolean mask of the ventricles and their margin.
+    edge_margin_mm : float
+        Depth below which a voxel counts as "at the edge" (``depth < margin``).
+    flair_z : numpy.ndarray, optional
+        FLAIR in robust z units; the ``flair_z`` column is NaN without it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label, columns :data:`LESION_COLUMNS`, ``lesion_id`` = label.
+    """
+    if n == 0:
+        return empty_table()
+    vox = np.flatnonzero(labels.ravel() > 0)
+    lab = labels.ravel()[vox].astype(np.int64)
+    ijk = np.stack(np.unravel_index(vox, labels.shape), axis=1).astype(np.float64)
+    count = _sums(lab, n)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    mean = np.stack([_sums(lab, n, xyz[:, a]) for a in range(3)], axis=1) / count[:, None]
+    centred = xyz - mean[lab - 1]
+    cov = np.empty((n, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = _sums(lab, n, centred[:, a] * centred[:, b]) / count
+    # each voxel is a box, not a point: add its own second moment (edge**2 / 12 per axis)
+    lin = affine[:3, :3]
+    cov += (lin @ lin.T / 12.0)[None]
+    eig = np.clip(np.linalg.eigvalsh(cov), 1e-9, None)  # ascending
+    elongation = np.sqrt(eig[:, 2] / eig[:, 1])
+    length = np.sqrt(12.0 * eig[:, 2])
+    flat = lambda arr: arr.ravel()[vox].astype(np.float64)  # noqa: E731
+    zv = flat(z)
+    pct = 100.0 * flat(residual) / max(nawm_level, 1e-6)
+    max_z = ndi.maximum(zv, lab, index=np.arange(1, n + 1))
+    max_pct = ndi.maximum(pct, lab, index=np.arange(1, n + 1))
+    depth = flat(depth_mm)
+    lo = [ndi.minimum(ijk[:, a], lab, index=np.arange(1, n + 1)) for a in range(3)]
+    hi = [ndi.maximum(ijk[:, a], lab, index=np.arange(1, n + 1)) for a in range(3)]
+    table = pd.DataFrame(
+        {
+            "lesion_id": np.arange(1, n + 1, dtype=np.int64),
+            "n_voxels": count.astype(np.int64),
+            "volume_mm3": count * abs(np.linalg.det(lin)),
+            "centroid_x_mm": mean[:, 0],
+            "centroid_y_mm": mean[:, 1],
+            "centroid_z_mm": mean[:, 2],
+            "bbox_i_min": np.asarray(lo[0], dtype=np.int64),
+            "bbox_j_min": np.asarray(lo[1], dtype=np.int64),
+            "bbox_k_min": np.asarray(lo[2], dtype=np.int64),
+            "bbox_i_max": np.asarray(hi[0], dtype=np.int64),
+            "bbox_j_max": np.asarray(hi[1], dtype=np.int64),
+            "bbox_k_max": np.asarray(hi[2], dtype=np.int64),
+            "max_enhancement_pct": np.asarray(max_pct, dtype=np.float64),
+            "mean_enhancement_pct": _sums(lab, n, pct) / count,
+            "max_z": np.asarray(max_z, dtype=np.float64),
+            "mean_z": _sums(lab, n, zv) / count,
+            "pattern": np.where(_ring_pattern(labels, n), "ring", "nodular"),
+            "elongation": elongation,
+            "length_mm": length,
+            "distance_to_surface_mm": np.asarray(
+                ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
+            ),
+            "edge_fraction": _sums(lab, n, (depth < edge_margin_mm).astype(np.float64)) / count,
+            "ventricle_fraction": _sums(lab, n, flat(near_ventricle)) / count,
+            "flair_z": (_sums(lab, n, flat(flair_z)) / count) if flair_z is not None else np.nan,
+        }
+    )
+    return table[LESION_COLUMNS]
+
+
+def empty_table(extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A lesion table with no rows and the right columns and dtypes."""
+    table = pd.DataFrame({c: pd.Series(dtype="float64") for c in LESION_COLUMNS + list(extra)})
+    for c in ("lesion_id", "n_voxels") + tuple(c for c in LESION_COLUMNS if c.startswith("bbox")):
+        table[c] = table[c].astype("int64")
+    table["pattern"] = table["pattern"].astype(object)
+    if "reason" in extra:
+        table["reason"] = table["reason"].astype(object)
+    return table

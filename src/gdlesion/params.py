@@ -1,0 +1,196 @@
+"""Detection parameters and the named pipeline presets.
+
+The packaged JSON files in ``gdlesion/presets/`` are the single source of
+truth for the presets (``default``, ``clinical-2d``, ``high-sensitivity``);
+``pipelines/`` at the repository root documents them and links to them. A
+preset file holds a subset of :class:`DetectionParams` fields; missing fields
+keep their defaults, unknown fields are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["DetectionParams", "load_params", "preset_names"]
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    """Every number that decides what is reported as an enhancing lesion.
+
+    All thresholds are inclusive (``>=``) unless stated otherwise.
+
+    Parameters
+    ----------
+    smoothing_mm : float
+        Gaussian sigma (mm) applied to the post - pre residual. 0.8 mm averages
+        about 8 voxels at 1 mm, raising the signal-to-noise of a 3 mm lesion
+        while keeping it compact.
+    high_threshold : float
+        Seed level in robust noise units: a candidate needs one voxel with
+        ``z >= high_threshold``. 6 noise units make pure-noise seeds
+        practically impossible in a million-voxel brain (Gaussian tail ~1e-9).
+    low_threshold : float
+        Growing level: the candidate is the 26-connected region of
+        ``z >= low_threshold`` around its seeds (3 noise units ~ the 0.1 %
+        tail, which traces the lesion border without leaking into noise).
+    misregistration_mm : float
+        Residual misalignment allowed at edges (mm): the noise at a voxel is
+        ``sqrt(sigma**2 + (misregistration_mm * |grad pre|)**2)``. 0.5 mm is
+        half a voxel, the typical error of a good rigid registration.
+    min_volume_mm3 : float
+        Smallest reported lesion (inclusive). 10 mm3 keeps lesions of 3 mm
+        diameter (14 mm3) with room for partial volume.
+    split_saddle_ratio : float
+        Touching foci are split when the enhancement between two peaks falls
+        below this fraction of the lower peak (0 disables splitting).
+    vessel_elongation : float
+        Candidates at least this elongated (ratio of the longest to the second
+        principal axis) are vessels. Enhancing MS lesions are ovoid (axis
+        ratio rarely above 2); veins and sinuses are tubes.
+    vessel_min_length_mm : float
+        The vessel rule applies only to candidates whose longest axis is at
+        least this long: a short blob's axis ratio is dominated by voxel shape.
+    edge_margin_mm : float
+        Depth below the brain surface counted as "at the edge" (dura, dural
+        sinuses, cortical veins in sulci).
+    edge_fraction : float
+        Candidates with at least this fraction of voxels within
+        ``edge_margin_mm`` of the surface are rejected as dura/vessels.
+    ventricle_margin_mm : float
+        Distance from the ventricles counted as "beside" them.
+    ventricle_fraction : float
+        Candidates with at least this fraction of voxels inside or within
+        ``ventricle_margin_mm`` of a ventricle are rejected as choroid plexus.
+        Periventricular MS lesions extend away from the ventricle, so less
+        than half of their voxels lie in that band.
+    flair_min_z : float
+        With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
+        this many robust standard deviations above the brain median.
+    brain_opening_mm : float
+        Radius of the opening that separates brain from scalp in the brain mask.
+    min_brain_volume_ml : float
+        A brain mask smaller than this means the post scan holds no brain.
+    bias_correction : str
+        ``"none"`` or ``"n4"`` (N4 on the post scan; the same field divides the
+        pre scan, since both share the coil's bias).
+    min_overlap : float
+        Registration must leave at least this fraction of the post scan's head
+        covered by the pre scan.
+    """
+
+    smoothing_mm: float = 0.8
+    high_threshold: float = 6.0
+    low_threshold: float = 3.0
+    misregistration_mm: float = 0.5
+    min_volume_mm3: float = 10.0
+    split_saddle_ratio: float = 0.5
+    vessel_elongation: float = 3.0
+    vessel_min_length_mm: float = 6.0
+    edge_margin_mm: float = 3.0
+    edge_fraction: float = 0.5
+    ventricle_margin_mm: float = 2.0
+    ventricle_fraction: float = 0.5
+    flair_min_z: float = 1.0
+    brain_opening_mm: float = 5.0
+    min_brain_volume_ml: float = 20.0
+    bias_correction: str = "none"
+    min_overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "str" or isinstance(value, str):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"detection parameter {f.name}={value!r} is not a number")
+            if not value >= 0:
+                raise InputError(f"detection parameter {f.name}={value!r} must be >= 0")
+        if self.bias_correction not in ("none", "n4"):
+            raise InputError(f"bias_correction={self.bias_correction!r}: use 'none' or 'n4'")
+        if self.low_threshold > self.high_threshold:
+            raise InputError(
+                f"low_threshold={self.low_threshold} exceeds high_threshold={self.high_threshold}"
+            )
+        if not self.split_saddle_ratio < 1:
+            raise InputError(f"split_saddle_ratio={self.split_saddle_ratio} must be < 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> DetectionParams:
+        """Return a copy with some fields changed (validated)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise InputError(f"unknown detection parameter(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+def preset_names() -> list[str]:
+    """Names of the packaged presets, sorted."""
+    folder = resources.files("gdlesion") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_params(name_or_file: str | os.PathLike[str] | None = None) -> DetectionParams:
+    """Load detection parameters from a preset name or a JSON file.
+
+    Parameters
+    ----------
+    name_or_file : str or os.PathLike or None
+        A preset name (see :func:`preset_names`), a path to a JSON object of
+        :class:`DetectionParams` fields, or None for the defaults.
+
+    Returns
+    -------
+    DetectionParams
+
+    Raises
+    ------
+    InputError
+        Unknown preset, unreadable or invalid JSON, unknown field or bad value.
+
+    Examples
+    --------
+    >>> load_params("high-sensitivity").high_threshold < load_params().high_threshold
+    True
+    """
+    if name_or_file is None:
+        return DetectionParams()
+    text_name = str(name_or_file)
+    if text_name in preset_names():
+        source = f"preset {text_name}"
+        text = (resources.files("gdlesion") / "presets" / f"{text_name}.json").read_text("utf-8")
+    else:
+        path = Path(name_or_file)
+        source = f"pipeline file {path}"
+        if not path.is_file():
+            raise InputError(
+                f"pipeline {text_name!r}: not a preset ({', '.join(preset_names())}) nor a file"
+            )
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{source}: cannot be read ({exc.__class__.__name__})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: invalid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{source}: expected a JSON object of parameter names and values")
+    obj = {k: v for k, v in obj.items() if not k.startswith("_")}  # "_comment" keys document
+    try:
+        return DetectionParams().replace(**obj)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    except TypeError as exc:
+        raise InputError(f"{source}: {exc}") from None

@@ -1,0 +1,384 @@
+"""One study: load -> register -> preprocess -> segment -> measure -> :class:`StudyResult`.
+
+:func:`run_study` does no file writing and no printing; :func:`write_study_outputs`
+writes the ``gdlesion inspect --out`` layout from a result, built from small
+reusable pieces (:func:`lesions_table_csv`, :func:`summary_json_dict`) that the
+batch runner uses for its own layout.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from . import io
+from .errors import InputError, SegmentationError
+from .io import Volume
+from .measure import LESION_COLUMNS, empty_table, lesion_features
+from .params import DetectionParams, load_params
+from .preprocess import (
+    bounding_box,
+    conditional_median_mapping,
+    distance_to_surface,
+    estimate_brain_mask,
+    n4_bias_field,
+    tissue_thresholds,
+    ventricle_mask,
+)
+from .registration import RegistrationResult, register_rigid, resample_volume
+from .rules import apply_rules
+from .segment import enhancement_map, find_candidates, robust_sigma
+
+__all__ = [
+    "StudyResult",
+    "run_study",
+    "write_study_outputs",
+    "lesions_table_csv",
+    "summary_json_dict",
+    "package_versions",
+    "STAGES",
+]
+
+#: Stage names reported to ``progress`` and used as keys of ``StudyResult.timings``.
+STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "measures")
+
+Progress = Callable[[str], None]
+VolumeLike = Volume | str | os.PathLike
+
+
+@dataclass(eq=False)
+class StudyResult:
+    """Everything :func:`run_study` found for one pre/post pair (all on the post grid)."""
+
+    post: Volume
+    pre_registered: Volume
+    enhancement: Volume
+    brain_mask: np.ndarray
+    labels: np.ndarray
+    lesions: pd.DataFrame
+    rejected: pd.DataFrame
+    rejected_labels: np.ndarray
+    registration: RegistrationResult
+    params: DetectionParams
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def lesion_count(self) -> int:
+        """Number of reported lesions (0 is a valid answer)."""
+        return int(len(self.lesions))
+
+    @property
+    def total_volume_mm3(self) -> float:
+        """Summed lesion volume in mm3 (0.0 without lesions)."""
+        return float(self.lesions["volume_mm3"].sum()) if len(self.lesions) else 0.0
+
+    def summary_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (see :func:`summary_json_dict`)."""
+        return summary_json_dict(self)
+
+
+def _as_volume(obj: VolumeLike, role: str) -> Volume:
+    if isinstance(obj, Volume):
+        return obj
+    return io.load_volume(obj, role=role)
+
+
+def run_study(
+    pre: VolumeLike,
+    post: VolumeLike,
+    *,
+    flair: VolumeLike | None = None,
+    brain_mask: np.ndarray | str | os.PathLike | None = None,
+    params: DetectionParams | str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> StudyResult:
+    """Detect and measure gadolinium-enhancing lesions in one pre/post T1 pair.
+
+    Parameters
+    ----------
+    pre, post : Volume or path
+        Pre-contrast and post-gadolinium T1 scans. The post scan's grid is the
+        output space; the pre scan is rigidly registered onto it.
+    flair : Volume or path, optional
+        FLAIR scan (any grid; registered rigidly onto the post scan). Enables
+        the rule that rejects candidates without FLAIR hyperintensity.
+    brain_mask : array or path, optional
+        Brain mask on the post grid; estimated classically when omitted.
+    params : DetectionParams, preset name or JSON path, optional
+        Detection parameters (default :class:`DetectionParams()`).
+    progress : callable, optional
+        Called with each stage name of :data:`STAGES` as it starts.
+
+    Returns
+    -------
+    StudyResult
+
+    Raises
+    ------
+    InputError
+        Unreadable or invalid input files, a mask on another grid.
+    RegistrationError
+        Pre and post do not overlap after registration.
+    SegmentationError
+        No brain found in the post scan.
+
+    Examples
+    --------
+    >>> result = run_study("pre.nii.gz", "post.nii.gz")  # doctest: +SKIP
+    >>> result.lesion_count, result.total_volume_mm3  # doctest: +SKIP
+    (2, 131.0)
+    """
+    timings: dict[str, float] = {}
+    current: dict[str, Any] = {"name": None, "t": 0.0}
+
+    def stage(name: str | None) -> None:
+        now = time.perf_counter()
+        if current["name"] is not None:
+            timings[current["name"]] = round(now - current["t"], 3)
+        current.update(name=name, t=now)
+        if progress is not None and name is not None:
+            progress(name)
+
+    stage("load")
+    p = params if isinstance(params, DetectionParams) else load_params(params)
+    post_v = _as_volume(post, "post-contrast scan")
+    pre_v = _as_volume(pre, "pre-contrast scan")
+    flair_v = _as_volume(flair, "FLAIR") if flair is not None else None
+    if brain_mask is not None and not isinstance(brain_mask, np.ndarray):
+        brain_mask = io.load_mask(brain_mask, reference=post_v, role="brain mask")
+    elif brain_mask is not None and brain_mask.shape != post_v.shape:
+        raise InputError(f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}")
+
+    stage("brain_mask")
+    if brain_mask is None:
+        mask = estimate_brain_mask(
+            post_v.data, post_v.affine, opening_mm=p.brain_opening_mm,
+            min_volume_ml=p.min_brain_volume_ml, name=f"post-contrast scan {post_v.name}".strip(),
+        )
+    else:
+        mask = np.asarray(brain_mask, dtype=bool)
+
+    stage("registration")
+    reg = register_rigid(pre_v, post_v, min_overlap=p.min_overlap)
+    flair_reg = None
+    if flair_v is not None:
+        flair_reg = register_rigid(flair_v, post_v, min_overlap=p.min_overlap).registered.data
+
+    stage("normalisation")
+    box = bounding_box(mask, margin=2)
+    zooms = post_v.zooms
+    post_c = post_v.data[box]
+    pre_c = reg.registered.data[box]
+    mask_c = mask[box] & (pre_c != 0)
+    if not mask_c.any():
+        raise SegmentationError(f"post-contrast scan {post_v.name}: the pre scan does not cover the brain")
+    if p.bias_correction == "n4":
+        field_c = n4_bias_field(post_c, mask_c, zooms)
+        post_c = post_c / field_c
+        pre_c = pre_c / field_c
+        del field_c
+    pre_mapped = conditional_median_mapping(pre_c, post_c, mask_c)
+
+    stage("detection")
+    z, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
+    candidates, n_cand = find_candidates(z, mask_c, post_v.voxel_volume_mm3, params=p)
+
+    stage("measures")
+    depth = distance_to_surface(mask_c, zooms)
+    csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
+    vent = ventricle_mask(post_c, mask_c, depth, zooms, csf_threshold=csf_gm)
+    near_vent = ndi.distance_transform_edt(~vent, sampling=zooms) <= p.ventricle_margin_mm if vent.any() else vent
+    residual = post_c - pre_mapped
+    nawm = mask_c & (post_c >= gm_wm) & (depth >= 5.0) & (candidates == 0)
+    nawm_level = float(np.median(post_c[nawm])) if nawm.any() else float(np.median(post_c[mask_c]))
+    flair_z = None
+    if flair_reg is not None:
+        fl = flair_reg[box]
+        med, sd = robust_sigma(fl[mask_c])
+        flair_z = ((fl - med) / sd).astype(np.float32)
+    table = lesion_features(
+        candidates, n_cand, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
+        nawm_level=nawm_level, depth_mm=depth, near_ventricle=near_vent,
+        edge_margin_mm=p.edge_margin_mm, flair_z=flair_z,
+    )
+    reasons = apply_rules(table, p)
+    kept_c, lesions = _select(candidates, table, reasons == "", box)
+    rej_c, rejected = _select(candidates, table, reasons != "", box)
+    if len(rejected):
+        order = rejected.pop("_old").to_numpy()
+        rejected.insert(len(rejected.columns), "reason", reasons[order - 1])
+    else:
+        rejected = empty_table(("reason",))
+    lesions = lesions.drop(columns="_old") if "_old" in lesions else lesions
+
+    labels = np.zeros(post_v.shape, dtype=np.int32)
+    labels[box] = kept_c
+    rejected_labels = np.zeros(post_v.shape, dtype=np.int32)
+    rejected_labels[box] = rej_c
+    enh = np.zeros(post_v.shape, dtype=np.float32)
+    enh[box] = z
+    warnings = _swap_warning(z, mask_c, p)
+    stage(None)
+    return StudyResult(
+        post=post_v,
+        pre_registered=reg.registered,
+        enhancement=post_v.with_data(enh, name="enhancement"),
+        brain_mask=mask,
+        labels=labels,
+        lesions=lesions,
+        rejected=rejected,
+        rejected_labels=rejected_labels,
+        registration=reg,
+        params=p,
+        timings=timings,
+        warnings=warnings,
+        stats={
+            "noise_sigma": round(float(sigma), 6),
+            "nawm_level": round(nawm_level, 6),
+            "brain_volume_ml": round(float(mask.sum()) * post_v.voxel_volume_mm3 / 1000.0, 3),
+            "candidate_count": int(n_cand),
+        },
+        inputs={"pre": pre_v.name, "post": post_v.name, "flair": flair_v.name if flair_v else ""},
+    )
+
+
+def _crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    shift = np.eye(4)
+    shift[:3, 3] = [s.start for s in box]
+    return affine @ shift
+
+
+def _select(
+    candidates: np.ndarray, table: pd.DataFrame, keep: np.ndarray, box: tuple[slice, ...]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Keep some candidates, renumbered 1..N by decreasing volume (ties: centroid x, y, z)."""
+    sub = table[keep].copy()
+    sub = sub.sort_values(
+        ["n_voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"],
+        ascending=[False, True, True, True], kind="mergesort",
+    )
+    lut = np.zeros(len(table) + 1, dtype=np.int32)
+    lut[sub["lesion_id"].to_numpy()] = np.arange(1, len(sub) + 1, dtype=np.int32)
+    sub.insert(0, "_old", sub["lesion_id"].to_numpy())
+    sub["lesion_id"] = np.arange(1, len(sub) + 1, dtype=np.int64)
+    for col in ("bbox_i_min", "bbox_i_max"):
+        sub[col] += box[0].start
+    for col in ("bbox_j_min", "bbox_j_max"):
+        sub[col] += box[1].start
+    for col in ("bbox_k_min", "bbox_k_max"):
+        sub[col] += box[2].start
+    return lut[candidates], sub.reset_index(drop=True)
+
+
+def _swap_warning(z: np.ndarray, mask: np.ndarray, p: DetectionParams) -> list[str]:
+    """Warn when strong negative 'enhancement' outweighs positive: pre and post look swapped."""
+    values = z[mask]
+    pos = int(np.count_nonzero(values >= p.high_threshold))
+    neg = int(np.count_nonzero(values <= -p.high_threshold))
+    if neg > 2 * pos and neg >= 50:
+        return [
+            f"pre and post scans look swapped: {neg} voxels darken after contrast for {pos} that "
+            "brighten; check which file is the post-gadolinium scan"
+        ]
+    return []
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of gdlesion and the numeric libraries that decide the results."""
+    import matplotlib
+    import nibabel
+    import scipy
+    import SimpleITK
+    import skimage
+
+    from . import __version__
+
+    return {
+        "gdlesion": __version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-image": skimage.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+        "nibabel": nibabel.__version__,
+        "pandas": pd.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def summary_json_dict(result: StudyResult) -> dict[str, Any]:
+    """The ``summary.json`` content: counts, registration QC, parameters, versions, timings."""
+    return {
+        "lesion_count": result.lesion_count,
+        "total_volume_mm3": round(result.total_volume_mm3, 3),
+        "rejected_count": int(len(result.rejected)),
+        "registration": result.registration.qc_dict(),
+        "parameters": result.params.to_dict(),
+        "statistics": result.stats,
+        "inputs": result.inputs,
+        "grid": {
+            "shape": list(result.post.shape),
+            "voxel_mm": [round(float(z), 6) for z in result.post.zooms],
+            "affine": np.round(result.post.affine, 6).tolist(),
+        },
+        "warnings": list(result.warnings),
+        "versions": package_versions(),
+        "timings_s": dict(result.timings),
+    }
+
+
+def lesions_table_csv(table: pd.DataFrame) -> str:
+    """CSV text of a lesion (or rejected) table: fixed float format, ``\\n`` line ends.
+
+    A table without rows gives the header line only.
+    """
+    return table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def write_study_outputs(
+    result: StudyResult,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: tuple = (),
+) -> Path:
+    """Write the ``inspect --out`` files atomically into ``out_dir``.
+
+    Files: ``lesion_labels.nii.gz`` (int16/int32 0..N), ``lesion_mask.nii.gz``
+    (uint8 0/1), ``pre_registered.nii.gz``, ``enhancement.nii.gz`` (float32
+    noise units), ``brain_mask.nii.gz``, ``rejected_labels.nii.gz``,
+    ``lesions.csv``, ``rejected.csv``, ``summary.json`` and ``qc.png``, all on
+    the post scan's grid.
+
+    Raises
+    ------
+    OutputError
+        ``out_dir`` is not empty and ``overwrite`` is false, or holds an input.
+    """
+    from .qcfigure import save_qc_png
+
+    out = io.ensure_writable_dir(out_dir, overwrite=overwrite, inputs=inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    aff = result.post.affine
+    label_dtype = np.int16 if max(result.lesion_count, len(result.rejected)) < 32767 else np.int32
+    io.save_volume(out / "lesion_labels.nii.gz", result.labels, aff, dtype=label_dtype)
+    io.save_volume(out / "lesion_mask.nii.gz", result.labels > 0, aff, dtype=np.uint8)
+    io.save_volume(out / "rejected_labels.nii.gz", result.rejected_labels, aff, dtype=label_dtype)
+    io.save_volume(out / "brain_mask.nii.gz", result.brain_mask, aff, dtype=np.uint8)
+    io.save_volume(out / "pre_registered.nii.gz", result.pre_registered.data, aff)
+    io.save_volume(out / "enhancement.nii.gz", result.enhancement.data, aff)
+    io.write_text_atomic(out / "lesions.csv", lesions_table_csv(result.lesions[LESION_COLUMNS]))
+    io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
+    save_qc_png(result, out / "qc.png")
+    io.write_json_atomic(out / "summary.json", result.summary_dict())
+    return out

@@ -1,0 +1,94 @@
+"""Rules that reject normally enhancing structures among the candidates.
+
+Each rule reads columns of the candidate table (:func:`gdlesion.measure.lesion_features`)
+and a threshold of :class:`~gdlesion.params.DetectionParams`. Rules are applied
+in the order of :data:`RULES`; a candidate gets the reason of the first rule it
+fails (the rejected table shows that reason). All comparisons are inclusive:
+a value equal to the threshold triggers the rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .params import DetectionParams
+
+__all__ = ["RULES", "apply_rules"]
+
+
+def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Smaller than ``min_volume_mm3`` (reported lesions have ``volume_mm3 >= min_volume_mm3``).
+
+    10 mm3 by default: a 3 mm sphere is 14 mm3, and isolated noise clusters
+    that pass the hysteresis thresholds are a few voxels.
+    """
+    return (t["volume_mm3"] < p.min_volume_mm3 - 1e-9).to_numpy()
+
+
+def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Tubular: ``elongation >= vessel_elongation`` and ``length_mm >= vessel_min_length_mm``.
+
+    Veins (deep medullary, thalamostriate, cortical) and flow artefacts are
+    tubes whose longest principal axis is several times the second; an
+    enhancing MS lesion is a nodule or an ovoid (axis ratio below ~2; Dawson's
+    fingers are ovoids about 2:1). A ratio of 3 separates the two with margin,
+    and the length guard keeps short blobs, whose ratio is dominated by voxel
+    shape, out of this rule.
+    """
+    return ((t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)).to_numpy()
+
+
+def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Mostly at the brain surface: ``edge_fraction >= edge_fraction`` threshold.
+
+    The dura, the dural sinuses and cortical veins lying in sulci enhance
+    normally and sit within a few millimetres of the brain mask's surface.
+    Juxtacortical MS lesions touch the cortex but extend into white matter, so
+    fewer than half of their voxels lie within ``edge_margin_mm`` (3 mm, the
+    thickness of cortex) of the surface.
+    """
+    return (t["edge_fraction"] >= p.edge_fraction).to_numpy()
+
+
+def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Inside or beside the ventricles: ``ventricle_fraction >= ventricle_fraction`` threshold.
+
+    The choroid plexus (and the deep veins on the ventricular wall) enhance
+    normally and lie inside the lateral ventricles. Periventricular lesions
+    abut the ventricle but extend away from it into white matter; requiring
+    half of the voxels inside or within ``ventricle_margin_mm`` (2 mm) of the
+    ventricle rejects the plexus and keeps them.
+    """
+    return (t["ventricle_fraction"] >= p.ventricle_fraction).to_numpy()
+
+
+def no_flair_lesion(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """With FLAIR only: mean FLAIR robust z below ``flair_min_z`` (no T2/FLAIR lesion).
+
+    An enhancing MS lesion is always a T2/FLAIR-hyperintense lesion; vessels and
+    plexus are not hyperintense on FLAIR. Rule is skipped where ``flair_z`` is NaN.
+    """
+    z = t["flair_z"].to_numpy(dtype=np.float64)
+    return np.isfinite(z) & (z < p.flair_min_z)
+
+
+#: (reason, rule) in the order they are applied.
+RULES = (
+    ("too_small", too_small),
+    ("vessel", vessel),
+    ("brain_edge", brain_edge),
+    ("choroid_plexus", choroid_plexus),
+    ("no_flair_lesion", no_flair_lesion),
+)
+
+
+def apply_rules(table: pd.DataFrame, params: DetectionParams) -> np.ndarray:
+    """Reason each candidate is rejected (first failing rule), ``""`` when it is kept."""
+    reasons = np.full(len(table), "", dtype=object)
+    if len(table) == 0:
+        return reasons
+    for name, rule in RULES:
+        hit = rule(table, params) & (reasons == "")
+        reasons[hit] = name
+    return reasons
