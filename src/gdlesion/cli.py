@@ -64,6 +64,106 @@ def _root(
 
 # --- batch ----------------------------------------------------------------------------
 
+
+def _batch_progress_bar():  # noqa: ANN202 - rich types stay local to this command
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]sessions"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}  reused {task.fields[reused]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+@app.command("batch")
+def batch_command(
+    input_path: str = typer.Argument(
+        ..., metavar="INPUT", help="BIDS dataset, plain INPUT/<subject>/<session>/ tree, "
+        "or manifest CSV (subject,session,pre,post[,flair][,date])."
+    ),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="Results folder (BIDS derivative)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Parallel sessions (0 = all cores)."),
+    pipeline: str = typer.Option(
+        "default", "--pipeline", help="Preset name (default, clinical-2d, high-sensitivity) "
+        "or a JSON file of detection parameters."
+    ),
+    fmt: str = typer.Option("csv", "--format", help="Table format: csv or tsv (BIDS style)."),
+    force: bool = typer.Option(False, "--force", help="Redo sessions already complete."),
+    participant_label: list[str] = typer.Option(  # noqa: B008 - typer idiom
+        None, "--participant-label", help="Only these subjects (repeatable; sub- optional)."
+    ),
+    session_label: list[str] = typer.Option(  # noqa: B008 - typer idiom
+        None, "--session-label", help="Only these sessions (repeatable; ses- optional)."
+    ),
+    layout: str = typer.Option("auto", "--layout", help="auto, bids, plain or manifest."),
+    pre_pattern: str = typer.Option(
+        None, "--pre-pattern", help="Plain tree: comma-separated globs of the pre scan."
+    ),
+    post_pattern: str = typer.Option(
+        None, "--post-pattern", help="Plain tree: comma-separated globs of the post scan."
+    ),
+    flair_pattern: str = typer.Option(
+        None, "--flair-pattern", help="Plain tree: comma-separated globs of the FLAIR scan."
+    ),
+    executor: str = typer.Option(
+        "auto", "--executor", help="auto, serial, processes or dask (a local Dask cluster)."
+    ),
+    dask_scheduler: str = typer.Option(
+        None, "--dask-scheduler", help="Send sessions to a running Dask scheduler tcp://HOST:PORT."
+    ),
+) -> None:
+    """Process every session of a study; rerun to resume (exit 3 if a session failed)."""
+    from .batch import run_batch
+    from .params import load_params
+
+    options: dict = {"layout": layout}
+    for key, value in (("pre_patterns", pre_pattern), ("post_patterns", post_pattern),
+                       ("flair_patterns", flair_pattern)):
+        if value:
+            options[key] = tuple(p.strip() for p in value.split(",") if p.strip())
+    with user_errors():
+        params = load_params(pipeline)
+        with _batch_progress_bar() as bar:
+            task = bar.add_task("batch", total=None, failed=0, reused=0)
+
+            def on_progress(event) -> None:  # noqa: ANN001 - BatchProgress
+                bar.update(task, total=event.total, completed=event.done, failed=event.failed,
+                           reused=event.reused)
+
+            result = run_batch(
+                input_path, output, params=params, pipeline=pipeline,
+                workers=workers or None, executor=executor, scheduler=dask_scheduler,
+                force=force, fmt=fmt, participant_labels=participant_label or None,
+                session_labels=session_label or None, discover_options=options,
+                progress=on_progress,
+            )
+    for rec in result.records:
+        if rec["status"] == "failed":
+            err_console.print(Text.assemble(("failed: ", "bold red"), rec["error"]),
+                              soft_wrap=True)
+    console.print(
+        f"{result.n_ok} ok, {result.n_failed} failed, {result.n_skipped} skipped "
+        f"({result.ran} run, {result.reused} reused) in {result.elapsed_s:.1f} s; "
+        f"tables: {result.counts_path}, {result.lesions_path}",
+        highlight=False, soft_wrap=True, markup=False,
+    )
+    if result.n_failed:
+        raise typer.Exit(EXIT_SESSIONS_FAILED)
+
+
 # --- longitudinal ---------------------------------------------------------------------
 
 # --- report ---------------------------------------------------------------------------
