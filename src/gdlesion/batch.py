@@ -49,6 +49,8 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 __all__ = ["BatchProgress", "BatchResult", "run_batch", "rebuild_tables", "LOCK_NAME"]
 
 LOCK_NAME = ".gdlesion.lock"
+#: How long to wait for a Dask scheduler to answer.
+DASK_CONNECT_TIMEOUT = "20s"
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ def _run_dask(
     with contextlib.ExitStack() as stack:
         if scheduler:
             try:
-                client = stack.enter_context(Client(scheduler, timeout="20s"))
+                client = stack.enter_context(Client(scheduler, timeout=DASK_CONNECT_TIMEOUT))
             except (OSError, TimeoutError) as exc:
                 raise BatchError(f"dask scheduler {scheduler}: cannot connect ({exc})") from None
         else:
