@@ -75,7 +75,7 @@ def escape_text_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sort(table: pd.DataFrame) -> pd.DataFrame:
-    keys = ["subject", "session"] + (["label"] if "label" in table.columns else [])
+    keys = ["subject", "session"] + [c for c in ("lesion_id", "label") if c in table.columns]
     return table.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
