@@ -128,3 +128,13 @@ def test_cohort_statistics_json_ready(visits, phases):
     json.dumps(res, allow_nan=False)
     assert res["gd_baseline_vs_rescue"]["p"] < 0.01
     assert {"statistic", "p", "effect", "ci", "n"} <= set(res["gd_edss_within"])
+
+
+def test_vectorised_kendall_w_matches_scipy_with_ties(rng):
+    from gdlesion.stats import _kendall_w
+
+    cols = [rng.integers(0, 3, size=12).astype(float) for _ in range(3)]
+    direct = stats.friedmanchisquare(*cols).statistic / (12 * 2)
+    assert float(_kendall_w(*cols)) == pytest.approx(direct)
+    batch = _kendall_w(*[np.stack([c, c[::-1]]) for c in cols])
+    assert batch.shape == (2,) and batch[0] == pytest.approx(direct)

@@ -55,11 +55,14 @@ def _paired_table(phases: pd.DataFrame, names: Sequence[str], value: str) -> pd.
     return wide[list(names)].dropna()
 
 
-def _boot_ci(data: tuple, statistic, *, seed: int) -> list[float | None]:
+def _boot_ci(data: tuple, statistic, *, seed: int, vectorized: bool = False,
+             n_resamples: int = _N_RESAMPLES) -> list[float | None]:
     if len(data[0]) < 3 or all(np.ptp(d) == 0 for d in data):
         return [None, None]
-    res = stats.bootstrap(data, statistic, paired=True, vectorized=False, method="percentile",
-                          n_resamples=_N_RESAMPLES, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples give NaN, reported as such
+        res = stats.bootstrap(data, statistic, paired=True, vectorized=vectorized,
+                              method="percentile", n_resamples=n_resamples, random_state=seed)
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
@@ -88,9 +91,29 @@ def wilcoxon_phases(
     rbc = (ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum()
     return _result(name, statistic=res.statistic, p=res.pvalue, n=len(d),
                    effect=float(np.median(d)), effect_name=f"median difference {second} - {first}",
-                   ci=_boot_ci((d,), np.median, seed=seed), ci_method="percentile bootstrap",
+                   ci=_boot_ci((d,), np.median, seed=seed, vectorized=True),
+                   ci_method="percentile bootstrap",
                    rank_biserial=float(rbc),
                    medians={first: float(np.median(a)), second: float(np.median(b))})
+
+
+def _kendall_w(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
+    # Kendall's W = Friedman chi2 (tie-corrected, as scipy) / (n (k - 1)), vectorised
+    # over bootstrap resamples; checked against scipy.stats.friedmanchisquare in tests.
+    data = np.stack(cols, axis=0)  # (k, ..., n)
+    k = len(cols)
+    ranks = stats.rankdata(data, axis=0)
+    n_sub = data.shape[-1]
+    rank_sums = ranks.sum(axis=-1)  # (k, ...)
+    ties = np.zeros(data.shape[1:])
+    for value_rank in np.unique(ranks):
+        t = (ranks == value_rank).sum(axis=0)
+        ties += t**3 - t
+    tie_term = ties.sum(axis=-1)
+    chi2 = 12 / (n_sub * k * (k + 1)) * (rank_sums**2).sum(axis=0) - 3 * n_sub * (k + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = chi2 / (1 - tie_term / (n_sub * (k**3 - k)))
+        return np.where(np.isfinite(chi2), chi2, 0.0) / (n_sub * (k - 1))
 
 
 def friedman_phases(
@@ -104,18 +127,14 @@ def friedman_phases(
     if n < 2:
         return _result(name, n=n, note="fewer than 2 subjects with all phases")
 
-    def kendall_w(*cols: np.ndarray) -> float:
-        if np.all(np.ptp(np.stack(cols), axis=0) == 0):
-            return 0.0
-        return stats.friedmanchisquare(*cols).statistic / (len(cols[0]) * (k - 1))
-
     cols = tuple(wide[p].to_numpy(float) for p in names)
     if np.all(np.ptp(np.stack(cols), axis=0) == 0):
         return _result(name, n=n, effect=0.0, effect_name="Kendall's W",
                        note="no within-subject variation")
     res = stats.friedmanchisquare(*cols)
-    return _result(name, statistic=res.statistic, p=res.pvalue, n=n, effect=kendall_w(*cols),
-                   effect_name="Kendall's W", ci=_boot_ci(cols, kendall_w, seed=seed),
+    return _result(name, statistic=res.statistic, p=res.pvalue, n=n,
+                   effect=res.statistic / (n * (k - 1)), effect_name="Kendall's W",
+                   ci=_boot_ci(cols, _kendall_w, seed=seed, vectorized=True),
                    ci_method="percentile bootstrap over subjects",
                    medians={p: float(np.median(c)) for p, c in zip(names, cols, strict=True)})
 
@@ -171,12 +190,19 @@ def spearman_visits(visits: pd.DataFrame, x: str, y: str, *, seed: int = 0) -> d
         return _result(name, n=len(data), note="too few visits or no variation")
     res = stats.spearmanr(data[x], data[y])
 
-    def rho(a: np.ndarray, b: np.ndarray) -> float:
-        return stats.spearmanr(a, b).statistic
+    def rho(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        # Spearman rho of each resample = Pearson correlation of its ranks (vectorised)
+        ra = stats.rankdata(a, axis=axis)
+        rb = stats.rankdata(b, axis=axis)
+        ra = ra - ra.mean(axis=axis, keepdims=True)
+        rb = rb - rb.mean(axis=axis, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (ra * rb).sum(axis) / np.sqrt((ra**2).sum(axis) * (rb**2).sum(axis))
 
     return _result(name, statistic=res.statistic, p=res.pvalue, effect=res.statistic,
                    effect_name="Spearman rho",
-                   ci=_boot_ci((data[x].to_numpy(), data[y].to_numpy()), rho, seed=seed),
+                   ci=_boot_ci((data[x].to_numpy(), data[y].to_numpy()), rho, seed=seed,
+                               vectorized=True),
                    ci_method="percentile bootstrap over visits", n=len(data))
 
 
