@@ -166,6 +166,79 @@ def batch_command(
 
 # --- longitudinal ---------------------------------------------------------------------
 
+
+def _column_options(column_map: str | None, columns: list[str] | None) -> dict[str, str]:
+    from .clinical import read_column_map
+    from .errors import ClinicalDataError
+
+    mapping = read_column_map(column_map) if column_map else {}
+    for item in columns or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ClinicalDataError(
+                f"--column {item!r}: expected CANONICAL=NAME, e.g. edss=EDSS_score"
+            )
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+@app.command("longitudinal")
+def longitudinal_command(
+    counts: str = typer.Argument(
+        ..., metavar="COUNTS", help="lesion_counts.csv from gdlesion batch."
+    ),
+    clinical: str = typer.Argument(
+        ..., metavar="CLINICAL", help="Clinical CSV/TSV, a sub-XX_sessions.tsv, or a BIDS dataset."
+    ),
+    out: str = typer.Option(..., "--out", help="Output folder."),
+    max_days: float = typer.Option(
+        30, "--max-days", min=0, help="Largest visit-scan date gap for a date match (inclusive)."
+    ),
+    column_map: str = typer.Option(
+        None, "--column-map", help='JSON file {"edss": "EDSS_score", ...} naming clinical columns.'
+    ),
+    column: list[str] = typer.Option(  # noqa: B008 - typer idiom
+        None, "--column", help="CANONICAL=NAME, e.g. --column edss=EDSS (repeatable)."
+    ),
+    relapses: str = typer.Option(
+        None, "--relapses", help="Table of relapse dates (subject,date), one row per relapse."
+    ),
+    derivatives: str = typer.Option(
+        None, "--derivatives", help="Batch output folder with label maps: enables lesion tracking."
+    ),
+    raw: str = typer.Option(
+        None, "--raw", help="Raw dataset with the post scans (registered between visits)."
+    ),
+    confirm_months: int = typer.Option(
+        3, "--confirm-months", min=1, help="Months to the visit confirming EDSS worsening."
+    ),
+    relapse_criterion: bool = typer.Option(
+        True, "--relapse-criterion/--no-relapse-criterion",
+        help="Also call worsening a higher relapse rate after return than before rescue.",
+    ),
+    family: str = typer.Option("poisson", "--family", help="Count model: poisson or negbin."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence intervals."),
+) -> None:
+    """Join counts with clinical data; phases, outcome after rescue, statistics, tracking."""
+    from .longitudinal import run_longitudinal
+    from .outcome import OutcomeRule
+
+    if family not in ("poisson", "negbin"):
+        raise typer.BadParameter(f"--family {family!r}: use poisson or negbin")
+    with user_errors():
+        result = run_longitudinal(
+            counts, clinical, out_dir=out, max_days=max_days,
+            column_map=_column_options(column_map, column), relapse_table=relapses,
+            derivatives=derivatives, raw=raw, family=family, figures=figures,
+            overwrite=overwrite, seed=seed,
+            rule=OutcomeRule(confirm_months=confirm_months, use_relapse_rate=relapse_criterion),
+        )
+    console.print(result.summary_text(), highlight=False, soft_wrap=True, markup=False)
+    console.print(f"outputs: {out}", highlight=False, markup=False)
+
+
 # --- report ---------------------------------------------------------------------------
 
 
