@@ -33,7 +33,7 @@ from .phantom import HEAD_CENTER_MM, TISSUES, build_anatomy
 from .registration import rigid_matrix
 
 __all__ = ["LesionSpec", "SimulatedStudy", "simulate_study", "random_lesions", "chronic_lesions",
-           "RESOLUTIONS", "study_grid"]
+           "RESOLUTIONS", "study_grid", "write_study", "write_bids_dataset"]
 
 #: Output protocols: voxel size (mm), slice thickness (mm), shape.
 RESOLUTIONS = {
@@ -365,3 +365,7 @@ def _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, t
         },
         "flair_matrix_ras": np.eye(4).tolist(),
     }
+
+
+# Writers live in their own module (file layout, BIDS); re-exported here as part of the simulate API.
+from .simulate_write import write_bids_dataset, write_study  # noqa: E402
