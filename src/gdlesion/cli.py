@@ -64,18 +64,22 @@ def _root(
 @app.command("simulate")
 def simulate_command(
     out: str = typer.Argument(..., metavar="OUT", help="Output folder (must be empty)."),
-    resolution: str = typer.Option("1mm", "--resolution", help="1mm (3-D isotropic) or 2d (thick slices)."),
-    lesions: int = typer.Option(5, "--lesions", help="Enhancing lesions per session (single study)."),
+    resolution: str = typer.Option(
+        "1mm", "--resolution", help="1mm (3-D isotropic) or 2d (thick slices)."
+    ),
+    lesions: int = typer.Option(5, "--lesions", help="Enhancing lesions (single study)."),
     lesion_range: str = typer.Option(
         "1-6", "--lesion-range", help="Enhancing lesions per session in a BIDS dataset, MIN-MAX."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
-    subjects: int = typer.Option(0, "--subjects", help="Write a BIDS dataset with this many subjects."),
+    subjects: int = typer.Option(0, "--subjects", help="Write a BIDS dataset of N subjects."),
     sessions: int = typer.Option(2, "--sessions", help="Sessions per subject (BIDS dataset)."),
-    voxel_size: float = typer.Option(None, "--voxel-size", help="Isotropic voxel size override (mm)."),
-    zero_background: bool = typer.Option(False, "--zero-background", help="Zero the air (smaller files)."),
+    voxel_size: float = typer.Option(None, "--voxel-size", help="Isotropic voxel override (mm)."),
+    zero_background: bool = typer.Option(
+        False, "--zero-background", help="Zero the air (smaller files)."
+    ),
     no_flair: bool = typer.Option(False, "--no-flair", help="Do not write FLAIR images."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty OUT."),
 ) -> None:
     """Write simulated pre/post-Gd T1 (+FLAIR) with ground truth: one study, or a BIDS dataset."""
     from .io import ensure_writable_dir
@@ -87,7 +91,7 @@ def simulate_command(
             try:
                 lo, hi = (int(v) for v in lesion_range.split("-", 1))
             except ValueError:
-                raise typer.BadParameter(f"--lesion-range {lesion_range!r} is not MIN-MAX") from None
+                raise typer.BadParameter(f"--lesion-range {lesion_range!r}: use MIN-MAX") from None
             records = write_bids_dataset(
                 out, n_subjects=subjects, n_sessions=sessions, resolution=resolution, seed=seed,
                 n_lesions=(lo, hi), voxel_size=voxel_size, zero_background=zero_background,
@@ -97,12 +101,15 @@ def simulate_command(
             n = sum(r["n_lesions"] for r in records)
             console.print(f"BIDS dataset {out}: {len(records)} sessions, {n} enhancing lesions")
         else:
-            study = simulate_study(resolution=resolution, n_lesions=lesions, seed=seed,
-                                   voxel_size=voxel_size, zero_background=zero_background,
-                                   with_flair=not no_flair)
+            study = simulate_study(
+                resolution=resolution, n_lesions=lesions, seed=seed, voxel_size=voxel_size,
+                zero_background=zero_background, with_flair=not no_flair,
+            )
             paths = write_study(study, out, stem="sim", overwrite=overwrite)
-            console.print(f"study {out}: {len(study.lesions)} enhancing lesions, files "
-                          + ", ".join(p.name for p in paths.values()), highlight=False)
+            names = ", ".join(p.name for p in paths.values())
+            console.print(f"study {out}: {len(study.lesions)} enhancing lesions, files {names}",
+                          highlight=False)
+
 
 # --- inspect --------------------------------------------------------------------------
 

@@ -72,7 +72,9 @@ class LesionSpec:
         if len(self.center_mm) != 3 or not np.all(np.isfinite(self.center_mm)):
             raise InputError(f"lesion center {self.center_mm} is not three finite RAS mm values")
         if self.contrast < 0 or not 0 <= self.t1_drop < 1:
-            raise InputError(f"lesion contrast {self.contrast} / t1_drop {self.t1_drop} out of range")
+            raise InputError(
+                f"lesion contrast {self.contrast} / t1_drop {self.t1_drop} out of range"
+            )
         if self.lesion_id is not None and not 0 < int(self.lesion_id) < 32768:
             raise InputError(f"lesion_id {self.lesion_id} must be within 1-32767")
 
@@ -189,14 +191,18 @@ def random_lesions(
                 break
             diam *= 0.9
         else:
-            raise InputError(f"could not place {n} lesions in the white matter of subject {subject_seed}")
+            raise InputError(
+                f"could not place {n} lesions in the white matter of subject {subject_seed}"
+            )
         big = diam >= 5.0
         ring = bool(enhancing and big and rng.random() < ring_fraction)
         spec = LesionSpec(
             center_mm=tuple(float(round(v, 3)) for v in center),
             diameter_mm=round(diam, 3),
             kind="ring" if ring else "nodular",
-            contrast=float(rng.uniform(0.3, 1.0) if ring else rng.uniform(0.15, 0.9)) if enhancing else 0.0,
+            contrast=float(rng.uniform(0.3, 1.0) if ring else rng.uniform(0.15, 0.9))
+            if enhancing
+            else 0.0,
             hypointense=bool(rng.random() < hypointense_fraction),
             t1_drop=float(rng.uniform(0.15, 0.4)),
             flair_gain=float(rng.uniform(1.5, 2.1)),
@@ -209,11 +215,19 @@ def random_lesions(
 
 
 def chronic_lesions(*, subject_seed: int) -> list[LesionSpec]:
-    """Persistent non-enhancing (FLAIR-hyperintense) lesions of a subject, identical every session."""
+    """Return the persistent non-enhancing (FLAIR) lesions of a subject, the same every session."""
     rng = np.random.default_rng(np.random.SeedSequence([int(subject_seed), 7002]))
     n = int(rng.integers(3, 9))
-    return random_lesions(subject_seed=subject_seed, n=n, rng=rng, min_diameter_mm=3.0,
-                          max_diameter_mm=10.0, enhancing=False, hypointense_fraction=0.5, avoid=())
+    return random_lesions(
+        subject_seed=subject_seed,
+        n=n,
+        rng=rng,
+        min_diameter_mm=3.0,
+        max_diameter_mm=10.0,
+        enhancing=False,
+        hypointense_fraction=0.5,
+        avoid=(),
+    )
 
 
 def _rotation(spec: LesionSpec) -> np.ndarray:
@@ -266,7 +280,9 @@ def lesion_fractions(
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     offs = [((np.arange(n) + 0.5) / n - 0.5) * e for n, e in zip(subsamples, extent, strict=True)]
     sub = np.stack(np.meshgrid(*offs, indexing="ij"), -1).reshape(-1, 3)
-    ijk = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    ijk = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
+    )
     pts = (ijk.reshape(-1, 1, 3) + sub[None]).reshape(-1, 3)
     world = pts @ full[:3, :3].T + full[:3, 3]
     local = (world - np.asarray(spec.center_mm)) @ _rotation(spec)
@@ -282,7 +298,7 @@ def lesion_fractions(
 
 
 def with_ids(lesions: list[LesionSpec]) -> list[LesionSpec]:
-    """Number lesions lacking an id after the largest given id; reject duplicates."""
+    """Give ids to lesions lacking one (after the largest given id); reject duplicates."""
     given = [int(s.lesion_id) for s in lesions if s.lesion_id is not None]
     if len(set(given)) != len(given):
         raise InputError(f"duplicate lesion ids in {sorted(given)}")

@@ -26,10 +26,13 @@ from scipy.spatial import cKDTree
 
 __all__ = ["TISSUES", "HEAD_CENTER_MM", "Anatomy", "build_anatomy", "anatomy_grid"]
 
+# fmt: off
 #: Tissue classes of the anatomy, in storage order.
 TISSUES = (
-    "wm", "gm", "deep_gm", "csf", "choroid", "vein", "sinus", "dura", "bone", "marrow", "fat", "skin",
+    "wm", "gm", "deep_gm", "csf", "choroid", "vein", "sinus", "dura", "bone", "marrow", "fat",
+    "skin",
 )
+# fmt: on
 #: Centre of the head (RAS mm); misalignments rotate about points near it.
 HEAD_CENTER_MM = (0.0, -17.0, 8.0)
 #: World box covered by the anatomy grid (RAS mm), large enough for the biggest head.
@@ -131,15 +134,23 @@ def _ellipsoid_sdf(x, y, z, center, axes, pert=None):
 
 
 def _paint_ellipsoid(out, axes_world, center, axes, spacing):
-    """Paint (max) the partial-volume fraction of an axis-aligned ellipsoid into ``out`` (bbox only)."""
+    """Paint (max) the partial-volume fraction of an axis-aligned ellipsoid into ``out``."""
     sl = []
     for d in range(3):
         ax = axes_world[d]
-        sl.append(slice(int(np.searchsorted(ax, center[d] - axes[d] - 2 * spacing)),
-                        int(np.searchsorted(ax, center[d] + axes[d] + 2 * spacing))))
+        sl.append(
+            slice(
+                int(np.searchsorted(ax, center[d] - axes[d] - 2 * spacing)),
+                int(np.searchsorted(ax, center[d] + axes[d] + 2 * spacing)),
+            )
+        )
     sub = [axes_world[d][sl[d]] for d in range(3)]
-    frac = _frac(_ellipsoid_sdf(sub[0][:, None, None], sub[1][None, :, None], sub[2][None, None, :],
-                                center, axes), spacing)
+    frac = _frac(
+        _ellipsoid_sdf(
+            sub[0][:, None, None], sub[1][None, :, None], sub[2][None, None, :], center, axes
+        ),
+        spacing,
+    )
     np.maximum(out[tuple(sl)], frac, out=out[tuple(sl)])
 
 
@@ -149,7 +160,9 @@ def _segment_sdf(x, y, z, a, b, radius):
     ab = b - a
     t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / float(ab @ ab)
     t = np.clip(t, 0.0, 1.0)
-    d = np.sqrt((x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2)
+    d = np.sqrt(
+        (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2
+    )
     return (d - radius).astype(np.float32)
 
 
@@ -168,8 +181,12 @@ def _tube_fraction(curves, grid_axes, spacing):
     out = np.zeros(shape, np.float32)
     for pts, radii in curves:
         rmax = float(radii.max()) + spacing
-        lo_idx = [int(np.searchsorted(ax, pts[:, d].min() - rmax)) for d, ax in enumerate(grid_axes)]
-        hi_idx = [int(np.searchsorted(ax, pts[:, d].max() + rmax)) for d, ax in enumerate(grid_axes)]
+        lo_idx = [
+            int(np.searchsorted(ax, pts[:, d].min() - rmax)) for d, ax in enumerate(grid_axes)
+        ]
+        hi_idx = [
+            int(np.searchsorted(ax, pts[:, d].max() + rmax)) for d, ax in enumerate(grid_axes)
+        ]
         if any(h <= lo_ for lo_, h in zip(lo_idx, hi_idx, strict=True)):
             continue
         sub = [ax[lo_:h] for ax, lo_, h in zip(grid_axes, lo_idx, hi_idx, strict=True)]
@@ -266,14 +283,20 @@ def build_anatomy(subject_seed: int, spacing: float = 1.0) -> Anatomy:
     brain = _frac(d_brain, s)
     sulcal = np.where(region == 0, _frac(ds, s), np.where(region == 1, _frac(ds_c, s), 0.0))
     tissue = brain * (1.0 - sulcal)
-    wm_f = np.where(region == 0, _frac(t_gm - e_cer, s), np.where(region == 1, _frac(4.0 - e_cbl, s), 1.0))
+    wm_f = np.where(
+        region == 0, _frac(t_gm - e_cer, s), np.where(region == 1, _frac(4.0 - e_cbl, s), 1.0)
+    )
     wm, gm = tissue * wm_f, tissue * (1.0 - wm_f)
     del ds, ds_c, e_cer, e_cbl, depth, depth_c, wm_f, sulc_depth, width, d_bs
 
     # deep grey matter (removed from white matter)
     deep = np.zeros(shape, np.float32)
     for sx in (-1.0, 1.0):
-        for c, a in (((11, -18, 6), (8, 14, 9)), ((13, 12, 12), (5.5, 9, 9)), ((24, 3, 1), (5.5, 13, 10))):
+        for c, a in (
+            ((11, -18, 6), (8, 14, 9)),
+            ((13, 12, 12), (5.5, 9, 9)),
+            ((24, 3, 1), (5.5, 13, 10)),
+        ):
             _paint_ellipsoid(deep, canon, (sx * c[0], c[1], c[2]), a, s)
     deep = np.minimum(deep, wm)
     wm -= deep
@@ -284,14 +307,26 @@ def build_anatomy(subject_seed: int, spacing: float = 1.0) -> Anatomy:
     for sx in (-1.0, 1.0):
         v = vent * rng.uniform(0.9, 1.1)
         main = [(5, 30, 10), (7, 18, 16), (10, 0, 20), (13, -20, 20), (21, -36, 13)]
-        horns = ([(21, -36, 13), (20, -52, 9), (15, -66, 6)],
-                 [(21, -36, 13), (29, -36, 0), (32, -26, -12), (30, -12, -20)])
-        for pts, radii in ((main, [2.5, 3.8, 3.5, 3.5, 5.5]), (horns[0], [5.5, 2.5, 1.5]),
-                           (horns[1], [5.0, 2.5, 2.0, 1.5])):
+        horns = (
+            [(21, -36, 13), (20, -52, 9), (15, -66, 6)],
+            [(21, -36, 13), (29, -36, 0), (32, -26, -12), (30, -12, -20)],
+        )
+        for pts, radii in (
+            (main, [2.5, 3.8, 3.5, 3.5, 5.5]),
+            (horns[0], [5.5, 2.5, 1.5]),
+            (horns[1], [5.0, 2.5, 2.0, 1.5]),
+        ):
             p = np.asarray(pts, float) * [sx, 1, 1]
             vent_curves.append(_curve(p, np.asarray(radii) * v))
-        p = np.asarray([(10, -4, 19), (14, -22, 18), (21, -36, 11), (29, -34, -1), (31, -24, -12)], float)
-        plexus.append(_curve(p * [sx, 1, 1] - [0, 0, 0.6 * v], np.asarray([1.2, 1.5, 3.2, 1.5, 1.1]) * min(v, 1.2)))
+        p = np.asarray(
+            [(10, -4, 19), (14, -22, 18), (21, -36, 11), (29, -34, -1), (31, -24, -12)], float
+        )
+        plexus.append(
+            _curve(
+                p * [sx, 1, 1] - [0, 0, 0.6 * v],
+                np.asarray([1.2, 1.5, 3.2, 1.5, 1.1]) * min(v, 1.2),
+            )
+        )
     ventricles = _tube_fraction(vent_curves, canon_axes, s)
     _paint_ellipsoid(ventricles, canon, (0.0, -10.0, 4.0), (1.3 * vent, 12.0, 8.0), s)
     ventricles = ventricles * (region == 0) * brain
@@ -304,18 +339,29 @@ def build_anatomy(subject_seed: int, spacing: float = 1.0) -> Anatomy:
     dura = inside - _frac(d_ic + 1.0, s)
     csf = np.clip(inside - dura - (wm + gm + deep) - choroid, 0.0, 1.0)
     falx = _frac(np.maximum(np.abs(x) - 0.5, cc_top + 10.0 - z), s)
-    sheets = np.minimum(np.maximum(falx, _frac(np.abs(d_cbl - 1.5) - 0.5, s)
-                                   * (y < -30) * (z > -40)), csf)
+    sheets = np.minimum(
+        np.maximum(falx, _frac(np.abs(d_cbl - 1.5) - 0.5, s) * (y < -30) * (z > -40)), csf
+    )
     dura, csf = dura + sheets, csf - sheets
     skull = _frac(d_ic - t_skull, s) - inside
     marrow = np.clip(_frac(d_ic - (t_skull - 1.8), s) - _frac(d_ic - 1.8, s), 0.0, None)
     neck = _frac(np.maximum(_ellipsoid_sdf(x, y, z, (0, -25, -70), (52, 48, 1e4)), z + 45.0), s)
     head = np.maximum(_frac(d_ic - (t_skull + t_scalp), s), neck) - np.maximum(skull + inside, 0)
-    fat = np.clip(_frac(d_ic - (t_skull + t_scalp - 1.5), s) - _frac(d_ic - (t_skull + 1.0), s), 0.0, None)
+    fat = np.clip(
+        _frac(d_ic - (t_skull + t_scalp - 1.5), s) - _frac(d_ic - (t_skull + 1.0), s), 0.0, None
+    )
     fat = np.minimum(fat, head)
     maps = {
-        "wm": wm, "gm": gm, "deep_gm": deep, "csf": csf, "choroid": choroid,
-        "dura": dura, "bone": skull - marrow, "marrow": marrow, "fat": fat, "skin": np.clip(head - fat, 0, 1),
+        "wm": wm,
+        "gm": gm,
+        "deep_gm": deep,
+        "csf": csf,
+        "choroid": choroid,
+        "dura": dura,
+        "bone": skull - marrow,
+        "marrow": marrow,
+        "fat": fat,
+        "skin": np.clip(head - fat, 0, 1),
     }
     cerebrum = (region == 0) & (brain > 0.5)
     del d_ic, inside, region, brain
@@ -329,30 +375,51 @@ def build_anatomy(subject_seed: int, spacing: float = 1.0) -> Anatomy:
 
     alpha = np.deg2rad(np.linspace(15, 187, 40))
     sss_r = np.linspace(1.8, 4.2, alpha.size)
-    sss = _project(ic_sdf, np.asarray(ic_c), np.stack([0 * alpha, np.cos(alpha), np.sin(alpha)], 1), -(sss_r + 0.3))
+    sss = _project(
+        ic_sdf,
+        np.asarray(ic_c),
+        np.stack([0 * alpha, np.cos(alpha), np.sin(alpha)], 1),
+        -(sss_r + 0.3),
+    )
     sinuses = [(sss, sss_r)]
     torcular = sss[-1]
     for sx in (-1.0, 1.0):
         beta = np.deg2rad(np.linspace(0, 95, 30))
         elev = np.concatenate([np.linspace(-0.26, -0.35, 22), np.linspace(-0.4, -0.8, 8)])
         radii = np.linspace(3.8, 3.2, beta.size)
-        pts = _project(ic_sdf, np.asarray(ic_c), np.stack([sx * np.sin(beta), -np.cos(beta), elev], 1), -(radii + 0.3))
+        pts = _project(
+            ic_sdf,
+            np.asarray(ic_c),
+            np.stack([sx * np.sin(beta), -np.cos(beta), elev], 1),
+            -(radii + 0.3),
+        )
         sinuses.append((np.vstack([torcular, pts[1:]]), radii))
     sinuses.append((np.vstack([[0, -36, 8], torcular]), np.array([2.4, 2.6])))
-    veins = [(np.array([[sx * 2.0, 0, 17], [sx * 1.5, -20, 15], [0, -33, 9]], float), np.array([1.1, 1.2, 2.4]))
-             for sx in (-1.0, 1.0)]
+    veins = [
+        (
+            np.array([[sx * 2.0, 0, 17], [sx * 1.5, -20, 15], [0, -33, 9]], float),
+            np.array([1.1, 1.2, 2.4]),
+        )
+        for sx in (-1.0, 1.0)
+    ]
     for _ in range(int(rng.integers(11, 17))):
         sx, r = rng.choice([-1.0, 1.0]), rng.uniform(0.7, 1.4)
         phi0, e0 = rng.uniform(-60, 60), rng.uniform(-15, 25)
         down = rng.random() < 0.25
         phi1, e1 = (phi0 + rng.uniform(-15, 15), rng.uniform(80, 86)) if not down else (-80, -25)
         tt = np.linspace(0.0, 1.0, 40)
-        phi = np.deg2rad(phi0 + (phi1 - phi0) * tt + 6.0 * np.sin(2 * np.pi * rng.uniform(1, 3) * tt + rng.uniform(0, 6)))
+        phi = np.deg2rad(
+            phi0
+            + (phi1 - phi0) * tt
+            + 6.0 * np.sin(2 * np.pi * rng.uniform(1, 3) * tt + rng.uniform(0, 6))
+        )
         ele = np.deg2rad(e0 + (e1 - e0) * tt)
         dirs = np.stack([sx * np.cos(ele) * np.cos(phi), np.cos(ele) * np.sin(phi), np.sin(ele)], 1)
         veins.append((_project(cer_sdf, np.asarray(cer_c), dirs, r + 0.2), np.full(tt.size, r)))
     sinus = _tube_fraction([_curve(p, r) for p, r in sinuses], canon_axes, s)
-    vein = np.clip(_tube_fraction([_curve(p, r) for p, r in veins], canon_axes, s) - sinus, 0.0, None)
+    vein = np.clip(
+        _tube_fraction([_curve(p, r) for p, r in veins], canon_axes, s) - sinus, 0.0, None
+    )
     vessel = np.clip(vein + sinus, 0.0, 1.0)
     occupied = sum(maps.values())
     keep = 1.0 - vessel

@@ -32,8 +32,17 @@ from .lesions_sim import LesionSpec, chronic_lesions, lesion_fractions, random_l
 from .phantom import HEAD_CENTER_MM, TISSUES, build_anatomy
 from .registration import rigid_matrix
 
-__all__ = ["LesionSpec", "SimulatedStudy", "simulate_study", "random_lesions", "chronic_lesions",
-           "RESOLUTIONS", "study_grid", "write_study", "write_bids_dataset"]
+__all__ = [
+    "LesionSpec",
+    "SimulatedStudy",
+    "simulate_study",
+    "random_lesions",
+    "chronic_lesions",
+    "RESOLUTIONS",
+    "study_grid",
+    "write_study",
+    "write_bids_dataset",
+]
 
 #: Output protocols: voxel size (mm), slice thickness (mm), shape.
 RESOLUTIONS = {
@@ -42,6 +51,7 @@ RESOLUTIONS = {
 }
 _FOV_CENTER = np.array([0.0, -17.0, 6.0])
 
+# fmt: off
 # Tissue signal relative to white matter. Pre and post are different sequences; "enh" is the
 # normal enhancement added on the post scan (also relative to white matter).
 _CONTRASTS = {
@@ -62,6 +72,8 @@ _CONTRASTS = {
 }
 _FLAIR = dict(wm=1.0, gm=1.3, deep_gm=1.15, csf=0.12, choroid=0.5, vein=0.5, sinus=0.3, dura=0.7,
               bone=0.05, marrow=0.8, fat=1.0, skin=0.6)
+
+# fmt: on
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,11 +131,17 @@ def study_grid(resolution: str, voxel_size: float | None = None) -> tuple[np.nda
 
 
 def _jitter(table: dict, rng: np.random.Generator, amount: float) -> dict:
-    return {k: (v if k == "wm" else v * float(1 + rng.uniform(-amount, amount))) for k, v in table.items()}
+    return {
+        k: (v if k == "wm" else v * float(1 + rng.uniform(-amount, amount)))
+        for k, v in table.items()
+    }
 
 
 def _bias_field(rng: np.random.Generator, affine: np.ndarray, shape: tuple) -> np.ndarray:
-    axes = [(affine[d, d] * np.arange(shape[d]) + affine[d, 3] - _FOV_CENTER[d]) / 100.0 for d in range(3)]
+    axes = [
+        (affine[d, d] * np.arange(shape[d]) + affine[d, 3] - _FOV_CENTER[d]) / 100.0
+        for d in range(3)
+    ]
     x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
     c = rng.normal(0.0, 0.08, 9)
     log = c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
@@ -143,14 +161,27 @@ def _render(anat, values, *, affine, shape, thickness, to_world, lesions, lesion
     offs = [((np.arange(n) + 0.5) / n - 0.5) * e for n, e in zip(n_sub, extent, strict=True)]
     img = np.zeros(shape, np.float32)
     for o in np.stack(np.meshgrid(*offs, indexing="ij"), -1).reshape(-1, 3):
-        img += ndimage.affine_transform(comp, full[:3, :3], offset=full[:3, :3] @ o + full[:3, 3],
-                                        output_shape=shape, order=1, mode="constant", cval=0.0)
+        img += ndimage.affine_transform(
+            comp,
+            full[:3, :3],
+            offset=full[:3, :3] @ o + full[:3, 3],
+            output_shape=shape,
+            order=1,
+            mode="constant",
+            cval=0.0,
+        )
     img /= n_sub.prod()
     lsub = tuple(int(v) for v in np.clip(np.ceil(zooms * extent / 0.6), 2, [4, 4, 9]))
     fracs = []
     for spec, (v_out, v_core) in zip(lesions, lesion_values, strict=True):
-        got = lesion_fractions(spec, grid_affine=affine, shape=shape, to_world=to_world,
-                               subsamples=lsub, extent=tuple(extent))
+        got = lesion_fractions(
+            spec,
+            grid_affine=affine,
+            shape=shape,
+            to_world=to_world,
+            subsamples=lsub,
+            extent=tuple(extent),
+        )
         fracs.append(got)
         if got is None:
             continue
@@ -241,7 +272,9 @@ def simulate_study(
     if n_lesions < 0:
         raise InputError(f"number of lesions {n_lesions} is negative")
     if not (0 <= max_rotation_deg <= 30 and 0 <= max_translation_mm <= 50):
-        raise InputError(f"misalignment bounds {max_rotation_deg} deg / {max_translation_mm} mm out of range")
+        raise InputError(
+            f"misalignment bounds {max_rotation_deg} deg / {max_translation_mm} mm out of range"
+        )
     subject_seed = int(seed if subject_seed is None else subject_seed)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), subject_seed, 7003]))
     spacing = float(max(1.0, min(np.abs(np.diag(affine)[:3])) / 2.0))
@@ -254,11 +287,16 @@ def simulate_study(
     euler = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
     trans = rng.uniform(-max_translation_mm, max_translation_mm, 3)
     center = np.asarray(HEAD_CENTER_MM) + rng.normal(0.0, 10.0, 3)
-    matrix = rigid_matrix(rotation_deg=tuple(euler), translation_mm=tuple(trans), center_mm=tuple(center))
+    matrix = rigid_matrix(
+        rotation_deg=tuple(euler), translation_mm=tuple(trans), center_mm=tuple(center)
+    )
 
     tables = _CONTRASTS[resolution]
-    wm = {"pre": float(rng.uniform(330, 430)), "post": float(rng.uniform(330, 430)),
-          "flair": float(rng.uniform(300, 400))}
+    wm = {
+        "pre": float(rng.uniform(330, 430)),
+        "post": float(rng.uniform(330, 430)),
+        "flair": float(rng.uniform(300, 400)),
+    }
     pre_vals = {k: v * wm["pre"] for k, v in _jitter(tables["pre"], rng, 0.04).items()}
     post_tab = _jitter(tables["post"], rng, 0.04)
     enh = _jitter(tables["enh"], rng, 0.15)
@@ -271,14 +309,29 @@ def simulate_study(
 
     every = lesions + chronic
     kw = dict(affine=affine, shape=shape, thickness=thickness, lesions=every)
-    post_img, post_fracs = _render(anat, post_vals, to_world=np.eye(4),
-                                   lesion_values=[_lesion_values(s, "post", wm["post"]) for s in every], **kw)
-    pre_img, _ = _render(anat, pre_vals, to_world=np.linalg.inv(matrix),
-                         lesion_values=[_lesion_values(s, "pre", wm["pre"]) for s in every], **kw)
+    post_img, post_fracs = _render(
+        anat,
+        post_vals,
+        to_world=np.eye(4),
+        lesion_values=[_lesion_values(s, "post", wm["post"]) for s in every],
+        **kw,
+    )
+    pre_img, _ = _render(
+        anat,
+        pre_vals,
+        to_world=np.linalg.inv(matrix),
+        lesion_values=[_lesion_values(s, "pre", wm["pre"]) for s in every],
+        **kw,
+    )
     flair_img = None
     if with_flair:
-        flair_img, _ = _render(anat, flair_vals, to_world=np.eye(4),
-                               lesion_values=[_lesion_values(s, "flair", wm["flair"]) for s in every], **kw)
+        flair_img, _ = _render(
+            anat,
+            flair_vals,
+            to_world=np.eye(4),
+            lesion_values=[_lesion_values(s, "flair", wm["flair"]) for s in every],
+            **kw,
+        )
     labels, counts = _labels(lesions, post_fracs[: len(lesions)], shape)
 
     images = {"pre": pre_img, "post": post_img, "flair": flair_img}
@@ -294,17 +347,41 @@ def simulate_study(
         out[name] = Volume(res.astype(np.float32), affine, name)
 
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    truth = _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, trans, center, anat,
-                   settings=dict(resolution=resolution, seed=int(seed), subject_seed=subject_seed,
-                                 n_lesions=len(lesions), voxel_size=voxel_size, noise=bool(noise),
-                                 zero_background=bool(zero_background), with_flair=bool(with_flair),
-                                 max_rotation_deg=float(max_rotation_deg),
-                                 max_translation_mm=float(max_translation_mm)),
-                   extra=dict(white_matter_signal={k: round(v, 3) for k, v in wm.items()},
-                              snr_white_matter={k: round(float(v), 3) for k, v in snr.items()},
-                              shape=list(shape), affine=np.round(affine, 6).tolist(),
-                              slice_thickness_mm=thickness))
-    return SimulatedStudy(out["pre"], out["post"], out["flair"], labels, lesions, matrix, truth, chronic)
+    truth = _truth(
+        lesions,
+        chronic,
+        counts,
+        labels,
+        affine,
+        voxel_mm3,
+        matrix,
+        euler,
+        trans,
+        center,
+        anat,
+        settings=dict(
+            resolution=resolution,
+            seed=int(seed),
+            subject_seed=subject_seed,
+            n_lesions=len(lesions),
+            voxel_size=voxel_size,
+            noise=bool(noise),
+            zero_background=bool(zero_background),
+            with_flair=bool(with_flair),
+            max_rotation_deg=float(max_rotation_deg),
+            max_translation_mm=float(max_translation_mm),
+        ),
+        extra=dict(
+            white_matter_signal={k: round(v, 3) for k, v in wm.items()},
+            snr_white_matter={k: round(float(v), 3) for k, v in snr.items()},
+            shape=list(shape),
+            affine=np.round(affine, 6).tolist(),
+            slice_thickness_mm=thickness,
+        ),
+    )
+    return SimulatedStudy(
+        out["pre"], out["post"], out["flair"], labels, lesions, matrix, truth, chronic
+    )
 
 
 def _labels(lesions, fracs, shape):
@@ -314,7 +391,9 @@ def _labels(lesions, fracs, shape):
     counts = {}
     for spec, got in zip(lesions, fracs, strict=True):
         if got is None or got[1].max() <= 0:
-            raise InputError(f"lesion {spec.lesion_id} at {spec.center_mm} mm lies outside the image grid")
+            raise InputError(
+                f"lesion {spec.lesion_id} at {spec.center_mm} mm lies outside the image grid"
+            )
         box, outer, _ = got
         take = (outer >= 0.5) & (outer > best[box])
         if not take.any():
@@ -324,19 +403,38 @@ def _labels(lesions, fracs, shape):
     for spec in lesions:
         counts[spec.lesion_id] = int(np.count_nonzero(labels == spec.lesion_id))
         if counts[spec.lesion_id] == 0:
-            raise InputError(f"lesion {spec.lesion_id} at {spec.center_mm} mm is hidden by an overlapping lesion")
+            raise InputError(
+                f"lesion {spec.lesion_id} at {spec.center_mm} mm is hidden by an overlapping lesion"
+            )
     return labels, counts
 
 
-def _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, trans, center, anat, *,
-           settings, extra):
+def _truth(
+    lesions,
+    chronic,
+    counts,
+    labels,
+    affine,
+    voxel_mm3,
+    matrix,
+    euler,
+    trans,
+    center,
+    anat,
+    *,
+    settings,
+    extra,
+):
     entries = []
     for spec in lesions:
         ijk = np.argwhere(labels == spec.lesion_id)
         centroid = ijk.mean(axis=0) @ affine[:3, :3].T + affine[:3, 3]
         d = spec.to_dict()
-        d.update(n_voxels=counts[spec.lesion_id], volume_mm3=round(counts[spec.lesion_id] * voxel_mm3, 3),
-                 label_centroid_mm=[round(float(v), 3) for v in centroid])
+        d.update(
+            n_voxels=counts[spec.lesion_id],
+            volume_mm3=round(counts[spec.lesion_id] * voxel_mm3, 3),
+            label_centroid_mm=[round(float(v), 3) for v in centroid],
+        )
         entries.append(d)
     brain = np.argwhere((anat.fractions["wm"] > 128) | (anat.fractions["gm"] > 128))[::50]
     pts = brain @ anat.affine[:3, :3].T + anat.affine[:3, 3]
@@ -345,8 +443,9 @@ def _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, t
     return {
         "generator": f"gdlesion.simulate {__version__}",
         "space": "post scan RAS mm (labels on the post grid)",
-        "label_rule": "voxels whose supersampled lesion fraction is >= 0.5 (ring lesions whole, core "
-                      "included); a lesion covering no voxel by half keeps its most covered voxel",
+        "label_rule": "voxels whose supersampled lesion fraction is >= 0.5 (ring lesions whole, "
+        "core "
+        "included); a lesion covering no voxel by half keeps its most covered voxel",
         "settings": settings,
         **extra,
         "n_lesions": len(lesions),
@@ -354,7 +453,7 @@ def _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, t
         "chronic_lesions": [c.to_dict() for c in chronic],
         "matrix_ras": np.round(matrix, 9).tolist(),
         "matrix_convention": "maps a post-scan RAS point to the same anatomy in the pre scan "
-                             "(as registration.RegistrationResult.matrix_ras)",
+        "(as registration.RegistrationResult.matrix_ras)",
         "misalignment": {
             "rotation_deg_xyz": [round(float(v), 4) for v in euler],
             "translation_mm": [round(float(v), 4) for v in trans],
@@ -367,5 +466,5 @@ def _truth(lesions, chronic, counts, labels, affine, voxel_mm3, matrix, euler, t
     }
 
 
-# Writers live in their own module (file layout, BIDS); re-exported here as part of the simulate API.
+# Writers live in their own module (file layout, BIDS); re-exported as part of this API.
 from .simulate_write import write_bids_dataset, write_study  # noqa: E402

@@ -36,13 +36,20 @@ _FIRST_VISIT = _dt.datetime(2021, 1, 11, 9, 0, 0)
 
 def _write_images(study: SimulatedStudy, raw_dir: Path, stem: str) -> dict[str, Path]:
     paths = {
-        "pre": save_volume(raw_dir / f"{stem}_T1w.nii.gz", study.pre.data, study.pre.affine, dtype=np.int16),
-        "post": save_volume(raw_dir / f"{stem}_ce-gadolinium_T1w.nii.gz", study.post.data, study.post.affine,
-                            dtype=np.int16),
+        "pre": save_volume(
+            raw_dir / f"{stem}_T1w.nii.gz", study.pre.data, study.pre.affine, dtype=np.int16
+        ),
+        "post": save_volume(
+            raw_dir / f"{stem}_ce-gadolinium_T1w.nii.gz",
+            study.post.data,
+            study.post.affine,
+            dtype=np.int16,
+        ),
     }
     if study.flair is not None:
-        paths["flair"] = save_volume(raw_dir / f"{stem}_FLAIR.nii.gz", study.flair.data, study.flair.affine,
-                                     dtype=np.int16)
+        paths["flair"] = save_volume(
+            raw_dir / f"{stem}_FLAIR.nii.gz", study.flair.data, study.flair.affine, dtype=np.int16
+        )
     return paths
 
 
@@ -82,15 +89,18 @@ def write_study(
     """
     out = ensure_writable_dir(out_dir, overwrite=overwrite)
     paths = _write_images(study, out, stem)
-    paths["labels"] = save_volume(out / f"{stem}_label-lesion_dseg.nii.gz", study.labels, study.post.affine,
-                                  dtype=np.int16)
+    paths["labels"] = save_volume(
+        out / f"{stem}_label-lesion_dseg.nii.gz", study.labels, study.post.affine, dtype=np.int16
+    )
     paths["truth"] = write_json_atomic(out / f"{stem}_truth.json", study.truth)
     return paths
 
 
 def session_seed(seed: int, subject: int, session: int) -> int:
     """Deterministic per-session seed derived from the dataset seed."""
-    return int(np.random.SeedSequence([int(seed), int(subject), int(session), 7010]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int(seed), int(subject), int(session), 7010]).generate_state(1)[0]
+    )
 
 
 def write_bids_dataset(
@@ -155,21 +165,38 @@ def write_bids_dataset(
     from .simulate import simulate_study
 
     if not (1 <= n_subjects <= 99 and 1 <= n_sessions <= 99):
-        raise InputError(f"dataset size {n_subjects} subjects x {n_sessions} sessions must be 1-99 each")
-    lo, hi = (n_lesions, n_lesions) if isinstance(n_lesions, int) else (int(n_lesions[0]), int(n_lesions[1]))
+        raise InputError(
+            f"dataset size {n_subjects} subjects x {n_sessions} sessions must be 1-99 each"
+        )
+    lo, hi = (
+        (n_lesions, n_lesions)
+        if isinstance(n_lesions, int)
+        else (int(n_lesions[0]), int(n_lesions[1]))
+    )
     if not 0 <= lo <= hi:
         raise InputError(f"lesion count range {n_lesions} is invalid")
     out = ensure_writable_dir(root, overwrite=overwrite)
     deriv = out / "derivatives" / "truth"
     generated = [{"Name": "gdlesion simulate", "Version": __version__}]
-    write_json_atomic(out / "dataset_description.json", {
-        "Name": "gdlesion simulated Gd-enhancing lesion dataset", "BIDSVersion": _BIDS_VERSION,
-        "DatasetType": "raw", "GeneratedBy": generated, "License": "CC0",
-    })
-    write_json_atomic(deriv / "dataset_description.json", {
-        "Name": "gdlesion simulation ground truth", "BIDSVersion": _BIDS_VERSION,
-        "DatasetType": "derivative", "GeneratedBy": generated,
-    })
+    write_json_atomic(
+        out / "dataset_description.json",
+        {
+            "Name": "gdlesion simulated Gd-enhancing lesion dataset",
+            "BIDSVersion": _BIDS_VERSION,
+            "DatasetType": "raw",
+            "GeneratedBy": generated,
+            "License": "CC0",
+        },
+    )
+    write_json_atomic(
+        deriv / "dataset_description.json",
+        {
+            "Name": "gdlesion simulation ground truth",
+            "BIDSVersion": _BIDS_VERSION,
+            "DatasetType": "derivative",
+            "GeneratedBy": generated,
+        },
+    )
     records, participants = [], ["participant_id\tsubject_seed\tresolution"]
     for sub in range(1, n_subjects + 1):
         sub_label = f"sub-{sub:02d}"
@@ -181,22 +208,44 @@ def write_bids_dataset(
             ses_label = f"ses-{ses:02d}"
             sseed = session_seed(seed, sub, ses)
             count = int(np.random.default_rng(sseed).integers(lo, hi + 1))
-            study = simulate_study(resolution=resolution, n_lesions=count, seed=sseed, subject_seed=subject_seed,
-                                   with_flair=with_flair, voxel_size=voxel_size, zero_background=zero_background)
+            study = simulate_study(
+                resolution=resolution,
+                n_lesions=count,
+                seed=sseed,
+                subject_seed=subject_seed,
+                with_flair=with_flair,
+                voxel_size=voxel_size,
+                zero_background=zero_background,
+            )
             stem = f"{sub_label}_{ses_label}"
             files = _write_images(study, out / sub_label / ses_label / "anat", stem)
             tdir = deriv / sub_label / ses_label / "anat"
-            files["labels"] = save_volume(tdir / f"{stem}_space-individual_label-lesion_dseg.nii.gz",
-                                          study.labels, study.post.affine, dtype=np.int16)
+            files["labels"] = save_volume(
+                tdir / f"{stem}_space-individual_label-lesion_dseg.nii.gz",
+                study.labels,
+                study.post.affine,
+                dtype=np.int16,
+            )
             files["truth"] = write_json_atomic(tdir / f"{stem}_truth.json", study.truth)
             when = start + _dt.timedelta(days=visit_interval_days * (ses - 1))
             sessions.append(f"{ses_label}\t{when.isoformat()}")
-            records.append({"subject": sub_label, "session": ses_label, "subject_seed": subject_seed,
-                            "seed": sseed, "n_lesions": len(study.lesions), "files": files})
+            records.append(
+                {
+                    "subject": sub_label,
+                    "session": ses_label,
+                    "subject_seed": subject_seed,
+                    "seed": sseed,
+                    "n_lesions": len(study.lesions),
+                    "files": files,
+                }
+            )
             if progress is not None:
                 progress(sub_label, ses_label)
         write_text_atomic(out / sub_label / f"{sub_label}_sessions.tsv", "\n".join(sessions) + "\n")
     write_text_atomic(out / "participants.tsv", "\n".join(participants) + "\n")
-    write_text_atomic(out / "README", "Simulated pre/post-gadolinium T1 and FLAIR sessions written by "
-                      "`gdlesion simulate`; ground truth in derivatives/truth.\n")
+    write_text_atomic(
+        out / "README",
+        "Simulated pre/post-gadolinium T1 and FLAIR sessions written by "
+        "`gdlesion simulate`; ground truth in derivatives/truth.\n",
+    )
     return records
