@@ -113,6 +113,88 @@ def simulate_command(
 
 # --- inspect --------------------------------------------------------------------------
 
+_STAGE_LABELS = {
+    "load": "loading scans",
+    "brain_mask": "brain mask",
+    "registration": "registering pre onto post",
+    "normalisation": "intensity normalisation",
+    "detection": "detecting enhancing lesions",
+    "measures": "measuring and filtering candidates",
+}
+
+
+@app.command("inspect")
+def inspect_command(
+    pre: str = typer.Argument(..., metavar="PRE", help="Pre-contrast T1 (NIfTI)."),
+    post: str = typer.Argument(..., metavar="POST", help="Post-gadolinium T1 (NIfTI); output grid."),
+    out: str = typer.Option(None, "--out", help="Write label maps, tables, summary and qc.png here."),
+    flair: str = typer.Option(None, "--flair", help="FLAIR scan: reject candidates without FLAIR lesion."),
+    brain_mask: str = typer.Option(None, "--brain-mask", help="Brain mask on the post grid."),
+    pipeline: str = typer.Option(
+        None, "--pipeline", help="Preset name (default, clinical-2d, high-sensitivity) or JSON file."
+    ),
+    high: float = typer.Option(None, "--high-threshold", help="Seed level (noise units)."),
+    low: float = typer.Option(None, "--low-threshold", help="Growing level (noise units)."),
+    min_volume: float = typer.Option(None, "--min-volume", help="Smallest lesion, mm3 (inclusive)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty --out folder."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the QC page report.html."),
+) -> None:
+    """Detect, count and measure enhancing lesions in one pre/post T1 pair."""
+    import numpy as np
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .params import load_params
+    from .pipeline import run_study, write_study_outputs
+
+    with user_errors():
+        params = load_params(pipeline)
+        overrides = {"high_threshold": high, "low_threshold": low, "min_volume_mm3": min_volume}
+        params = params.replace(**{k: v for k, v in overrides.items() if v is not None})
+        if out is not None:
+            from .io import ensure_writable_dir
+
+            ensure_writable_dir(out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask))
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=err_console, transient=True,
+        ) as bar:
+            task = bar.add_task("starting", total=None)
+            result = run_study(
+                pre, post, flair=flair, brain_mask=brain_mask, params=params,
+                progress=lambda stage: bar.update(task, description=_STAGE_LABELS.get(stage, stage)),
+            )
+        for message in result.warnings:
+            err_console.print(Text.assemble(("warning: ", "bold yellow"), message), soft_wrap=True)
+        reg = result.registration
+        console.print(
+            Text(
+                f"{result.lesion_count} enhancing lesion(s), total {result.total_volume_mm3:.1f} mm3 "
+                f"({len(result.rejected)} candidate(s) rejected as normal enhancement)\n"
+                f"registration: correlation {reg.similarity_before:.3f} -> {reg.similarity_after:.3f}, "
+                f"overlap {reg.overlap_fraction:.0%}, "
+                f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm"
+            )
+        )
+        if result.lesion_count:
+            table = Table(title="lesions (post-scan RAS mm)")
+            for col in ("id", "voxels", "volume mm3", "x", "y", "z", "max enh %", "pattern",
+                        "surface mm"):
+                table.add_column(col, justify="left" if col == "pattern" else "right")
+            for row in result.lesions.itertuples(index=False):
+                table.add_row(
+                    str(row.lesion_id), str(row.n_voxels), f"{row.volume_mm3:.1f}",
+                    f"{row.centroid_x_mm:.1f}", f"{row.centroid_y_mm:.1f}", f"{row.centroid_z_mm:.1f}",
+                    f"{row.max_enhancement_pct:.0f}", row.pattern, f"{row.distance_to_surface_mm:.1f}",
+                )
+            console.print(table)
+        if out is not None:
+            write_study_outputs(
+                result, out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask),
+                report=not no_report,
+            )
+            console.print(Text(f"wrote {out}"))
+
 # --- batch ----------------------------------------------------------------------------
 
 
@@ -175,6 +257,9 @@ def batch_command(
     dask_scheduler: str = typer.Option(
         None, "--dask-scheduler", help="Send sessions to a running Dask scheduler tcp://HOST:PORT."
     ),
+    no_report: bool = typer.Option(
+        False, "--no-report", help="Skip the QC pages (OUTPUT/report.html and one per session)."
+    ),
 ) -> None:
     """Process every session of a study; rerun to resume (exit 3 if a session failed)."""
     from .batch import run_batch
@@ -199,7 +284,7 @@ def batch_command(
                 workers=workers or None, executor=executor, scheduler=dask_scheduler,
                 force=force, fmt=fmt, participant_labels=participant_label or None,
                 session_labels=session_label or None, discover_options=options,
-                progress=on_progress,
+                progress=on_progress, report=not no_report,
             )
     for rec in result.records:
         if rec["status"] == "failed":
@@ -291,6 +376,25 @@ def longitudinal_command(
 
 
 # --- report ---------------------------------------------------------------------------
+
+
+@app.command("report")
+def report_command(
+    output: str = typer.Argument(
+        ..., metavar="OUTPUT", help="An inspect --out folder or a gdlesion batch output folder."
+    ),
+    post: str = typer.Option(
+        None, "--post", help="Inspect folder only: the post scan, if it moved since inspect ran."
+    ),
+) -> None:
+    """Rebuild the QC pages (report.html) from existing outputs."""
+    from .report import rebuild_reports
+
+    with user_errors():
+        pages, problems = rebuild_reports(output, post=post)
+    for message in problems:
+        err_console.print(Text.assemble(("not rebuilt: ", "bold yellow"), message), soft_wrap=True)
+    console.print(Text(f"wrote {len(pages)} page(s); open {pages[-1]}"), soft_wrap=True)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .anatomy import Context
+
 __all__ = ["LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION"]
 
 #: Columns of the lesion table, in order. Bounding boxes are voxel indices, both ends inclusive.
@@ -35,9 +37,12 @@ LESION_COLUMNS = [
     "pattern",
     "elongation",
     "length_mm",
+    "thickness_mm",
+    "compactness",
     "distance_to_surface_mm",
     "edge_fraction",
     "ventricle_fraction",
+    "csf_distance_mm",
     "flair_z",
 ]
 #: Same columns, used for candidates (the rejected table adds ``reason``).
@@ -52,24 +57,37 @@ def _sums(lab: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndar
     return np.bincount(lab, weights=weights, minlength=n + 1)[1:]
 
 
-def _ring_pattern(labels: np.ndarray, n: int) -> np.ndarray:
-    """True for lesions enclosing a non-enhancing core (holes filled in 3-D and per slice)."""
+def _per_lesion_shape(
+    labels: np.ndarray, n: int, zooms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ring flag and thickness (mm) of each lesion, each in its own bounding box.
+
+    Ring: the non-enhancing voxels the lesion encloses (holes filled in 3-D and
+    slice by slice along each axis) are at least :data:`RING_HOLE_FRACTION` of
+    the filled lesion. Thickness: twice the largest distance from a lesion
+    voxel to the nearest non-lesion voxel, in mm (the diameter of the largest
+    inscribed ball, to within a voxel).
+    """
     ring = np.zeros(n, dtype=bool)
+    thickness = np.zeros(n)
+    planes = []
+    for axis in range(3):
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        plane = [slice(None)] * 3
+        plane[axis] = 1  # type: ignore[call-overload]
+        structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
+        planes.append(structure)
     for idx, box in enumerate(ndi.find_objects(labels, max_label=n)):
         if box is None:
             continue
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        les = labels[box] == idx + 1
+        les = np.pad(labels[box] == idx + 1, 1)
+        thickness[idx] = 2.0 * float(ndi.distance_transform_edt(les, sampling=zooms).max())
         filled = ndi.binary_fill_holes(les)
-        for axis in range(3):
-            structure = np.zeros((3, 3, 3), dtype=bool)
-            plane = [slice(None)] * 3
-            plane[axis] = 1  # type: ignore[call-overload]
-            structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
+        for structure in planes:
             filled |= ndi.binary_fill_holes(les, structure=structure)
         hole = int(filled.sum() - les.sum())
         ring[idx] = hole >= RING_HOLE_FRACTION * filled.sum() and hole >= 2
-    return ring
+    return ring, thickness
 
 
 def lesion_features(
@@ -80,9 +98,9 @@ def lesion_features(
     z: np.ndarray,
     residual: np.ndarray,
     nawm_level: float,
-    depth_mm: np.ndarray,
-    near_ventricle: np.ndarray,
+    context: Context,
     edge_margin_mm: float,
+    ventricle_margin_mm: float,
     flair_z: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Measure every label ``1..n`` of ``labels``.
@@ -102,12 +120,14 @@ def lesion_features(
     nawm_level : float
         Median post intensity of normal-appearing white matter; enhancement
         percentages are ``100 * residual / nawm_level``.
-    depth_mm : numpy.ndarray
-        Distance to the brain surface (mm).
-    near_ventricle : numpy.ndarray
-        Boolean mask of the ventricles and their margin.
+    context : Context
+        Distances of the labelled voxels to the brain surface, CSF space and
+        ventricles (:func:`gdlesion.anatomy.anatomical_context`).
     edge_margin_mm : float
         Depth below which a voxel counts as "at the edge" (``depth < margin``).
+    ventricle_margin_mm : float
+        Distance from a ventricle within which a voxel counts as "beside" it
+        (``<=``).
     flair_z : numpy.ndarray, optional
         FLAIR in robust z units; the ``flair_z`` column is NaN without it.
 
@@ -140,14 +160,18 @@ def lesion_features(
     pct = 100.0 * flat(residual) / max(nawm_level, 1e-6)
     max_z = ndi.maximum(zv, lab, index=np.arange(1, n + 1))
     max_pct = ndi.maximum(pct, lab, index=np.arange(1, n + 1))
-    depth = flat(depth_mm)
+    depth = context.depth_mm
+    core = zv >= 0.5 * np.asarray(max_z)[lab - 1]
     lo = [ndi.minimum(ijk[:, a], lab, index=np.arange(1, n + 1)) for a in range(3)]
     hi = [ndi.maximum(ijk[:, a], lab, index=np.arange(1, n + 1)) for a in range(3)]
+    zooms = np.sqrt((lin**2).sum(axis=0))
+    volume = count * abs(np.linalg.det(lin))
+    ring, thickness = _per_lesion_shape(labels, n, zooms)
     table = pd.DataFrame(
         {
             "lesion_id": np.arange(1, n + 1, dtype=np.int64),
             "n_voxels": count.astype(np.int64),
-            "volume_mm3": count * abs(np.linalg.det(lin)),
+            "volume_mm3": volume,
             "centroid_x_mm": mean[:, 0],
             "centroid_y_mm": mean[:, 1],
             "centroid_z_mm": mean[:, 2],
@@ -161,18 +185,32 @@ def lesion_features(
             "mean_enhancement_pct": _sums(lab, n, pct) / count,
             "max_z": np.asarray(max_z, dtype=np.float64),
             "mean_z": _sums(lab, n, zv) / count,
-            "pattern": np.where(_ring_pattern(labels, n), "ring", "nodular"),
+            "pattern": np.where(ring, "ring", "nodular"),
             "elongation": elongation,
             "length_mm": length,
+            "thickness_mm": thickness,
+            "compactness": volume / (np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3),
             "distance_to_surface_mm": np.asarray(
                 ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
             ),
             "edge_fraction": _sums(lab, n, (depth < edge_margin_mm).astype(np.float64)) / count,
-            "ventricle_fraction": _sums(lab, n, flat(near_ventricle)) / count,
+            "ventricle_fraction": _sums(
+                lab, n, (context.ventricle_distance_mm <= ventricle_margin_mm).astype(np.float64)
+            )
+            / count,
+            "csf_distance_mm": _median_by_label(context.csf_distance_mm[core], lab[core], n),
             "flair_z": (_sums(lab, n, flat(flair_z)) / count) if flair_z is not None else np.nan,
         }
     )
     return table[LESION_COLUMNS]
+
+
+def _median_by_label(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` per label 1..n (lower middle for even counts), vectorised."""
+    order = np.lexsort((values, lab))
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return values[order][starts + (counts - 1) // 2]
 
 
 def empty_table(extra: tuple[str, ...] = ()) -> pd.DataFrame:

@@ -72,6 +72,10 @@ class DetectionParams:
         ``ventricle_margin_mm`` of a ventricle are rejected as choroid plexus.
         Periventricular MS lesions extend away from the ventricle, so less
         than half of their voxels lie in that band.
+    min_csf_distance_mm : float
+        A candidate's enhancing core must lie at least this far (median, mm)
+        from CSF spaces (sulci, cisterns, ventricles, outside the brain), where
+        veins and choroid plexus run (see :func:`gdlesion.rules.csf_space`).
     flair_min_z : float
         With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
         this many robust standard deviations above the brain median.
@@ -92,13 +96,14 @@ class DetectionParams:
     low_threshold: float = 3.0
     misregistration_mm: float = 0.5
     min_volume_mm3: float = 10.0
-    split_saddle_ratio: float = 0.5
+    split_saddle_ratio: float = 0.4
     vessel_elongation: float = 3.0
     vessel_min_length_mm: float = 6.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
     ventricle_margin_mm: float = 2.0
     ventricle_fraction: float = 0.5
+    min_csf_distance_mm: float = 1.0
     flair_min_z: float = 1.0
     brain_opening_mm: float = 5.0
     min_brain_volume_ml: float = 20.0

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from . import io
+from .anatomy import anatomical_context
 from .errors import InputError, SegmentationError
 from .io import Volume
 from .measure import LESION_COLUMNS, empty_table, lesion_features
@@ -27,13 +27,11 @@ from .params import DetectionParams, load_params
 from .preprocess import (
     bounding_box,
     conditional_median_mapping,
-    distance_to_surface,
     estimate_brain_mask,
     n4_bias_field,
     tissue_thresholds,
-    ventricle_mask,
 )
-from .registration import RegistrationResult, register_rigid, resample_volume
+from .registration import RegistrationResult, register_rigid
 from .rules import apply_rules
 from .segment import enhancement_map, find_candidates, robust_sigma
 
@@ -195,12 +193,12 @@ def run_study(
     candidates, n_cand = find_candidates(z, mask_c, post_v.voxel_volume_mm3, params=p)
 
     stage("measures")
-    depth = distance_to_surface(mask_c, zooms)
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
-    vent = ventricle_mask(post_c, mask_c, depth, zooms, csf_threshold=csf_gm)
-    near_vent = ndi.distance_transform_edt(~vent, sampling=zooms) <= p.ventricle_margin_mm if vent.any() else vent
+    context = anatomical_context(
+        candidates, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms, csf_threshold=csf_gm
+    )
     residual = post_c - pre_mapped
-    nawm = mask_c & (post_c >= gm_wm) & (depth >= 5.0) & (candidates == 0)
+    nawm = mask_c & (post_c >= gm_wm) & (candidates == 0)
     nawm_level = float(np.median(post_c[nawm])) if nawm.any() else float(np.median(post_c[mask_c]))
     flair_z = None
     if flair_reg is not None:
@@ -209,8 +207,8 @@ def run_study(
         flair_z = ((fl - med) / sd).astype(np.float32)
     table = lesion_features(
         candidates, n_cand, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
-        nawm_level=nawm_level, depth_mm=depth, near_ventricle=near_vent,
-        edge_margin_mm=p.edge_margin_mm, flair_z=flair_z,
+        nawm_level=nawm_level, context=context, edge_margin_mm=p.edge_margin_mm,
+        ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
     )
     reasons = apply_rules(table, p)
     kept_c, lesions = _select(candidates, table, reasons == "", box)
@@ -351,6 +349,7 @@ def write_study_outputs(
     *,
     overwrite: bool = False,
     inputs: tuple = (),
+    report: bool = True,
 ) -> Path:
     """Write the ``inspect --out`` files atomically into ``out_dir``.
 
@@ -358,7 +357,8 @@ def write_study_outputs(
     (uint8 0/1), ``pre_registered.nii.gz``, ``enhancement.nii.gz`` (float32
     noise units), ``brain_mask.nii.gz``, ``rejected_labels.nii.gz``,
     ``lesions.csv``, ``rejected.csv``, ``summary.json`` and ``qc.png``, all on
-    the post scan's grid.
+    the post scan's grid. With ``report`` (default), also the QC page
+    ``report.html`` (see :func:`gdlesion.report.write_inspect_report`).
 
     Raises
     ------
@@ -381,4 +381,8 @@ def write_study_outputs(
     io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
     save_qc_png(result, out / "qc.png")
     io.write_json_atomic(out / "summary.json", result.summary_dict())
+    if report:
+        from .report import write_inspect_report
+
+        write_inspect_report(result, out, inputs=inputs)
     return out

@@ -45,7 +45,10 @@ def save_qc_png(result: StudyResult, path: str | os.PathLike) -> None:
         table = result.lesions.head(MAX_PANELS)
         col = ("bbox_i", "bbox_j", "bbox_k")[axis]
         slices = ((table[f"{col}_min"] + table[f"{col}_max"]) // 2).astype(int).tolist()
-        titles = [f"lesion {i} ({v:.0f} mm³)" for i, v in zip(table["lesion_id"], table["volume_mm3"], strict=True)]
+        titles = [
+            f"lesion {i} ({v:.0f} mm³)"
+            for i, v in zip(table["lesion_id"], table["volume_mm3"], strict=True)
+        ]
     else:
         slices = [int(lo + f * (hi - lo)) for f in (0.3, 0.5, 0.7)]
         titles = [f"slice {k} (no lesion)" for k in slices]
@@ -58,7 +61,9 @@ def save_qc_png(result: StudyResult, path: str | os.PathLike) -> None:
         ax.axis("off")
     for ax, k, title in zip(axes.ravel(), slices, titles, strict=False):
         take = lambda a: np.take(a, k, axis=axis).T  # noqa: E731
-        ax.imshow(take(post), cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
+        ax.imshow(
+            take(post), cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest"
+        )
         les = take(result.labels)
         rej = take(result.rejected_labels)
         if (rej > 0).any():

@@ -36,7 +36,9 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     and the length guard keeps short blobs, whose ratio is dominated by voxel
     shape, out of this rule.
     """
-    return ((t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)).to_numpy()
+    return (
+        (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
+    ).to_numpy()
 
 
 def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
@@ -49,6 +51,20 @@ def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     thickness of cortex) of the surface.
     """
     return (t["edge_fraction"] >= p.edge_fraction).to_numpy()
+
+
+def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Enhancing core lies in CSF space: ``csf_distance_mm < min_csf_distance_mm``.
+
+    Veins run in sulci, fissures and cisterns, the choroid plexus floats in the
+    ventricles, and the dural sinuses are outside the brain: all in CSF spaces,
+    which are dark on the *pre* scan. ``csf_distance_mm`` is the median, over
+    the candidate's core (voxels at least half its peak enhancement), of the
+    distance to that space (closed by 1.5 mm so a vessel inside a sulcus counts
+    as in it). A parenchymal lesion's core lies in tissue: kept when the median
+    distance is at least ``min_csf_distance_mm`` (1 mm, one voxel).
+    """
+    return (t["csf_distance_mm"] < p.min_csf_distance_mm).to_numpy()
 
 
 def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
@@ -79,6 +95,7 @@ RULES = (
     ("vessel", vessel),
     ("brain_edge", brain_edge),
     ("choroid_plexus", choroid_plexus),
+    ("csf_space", csf_space),
     ("no_flair_lesion", no_flair_lesion),
 )
 
