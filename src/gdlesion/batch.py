@@ -283,6 +283,7 @@ def run_batch(
     study_fn: Callable[..., Any] | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     on_complete: Callable[[BatchResult], None] | None = None,
+    report: bool = True,
 ) -> BatchResult:
     """Process every session of a study; resumable, locked, one failure never stops it.
 
@@ -322,6 +323,8 @@ def run_batch(
     on_complete : callable, optional
         Called with the :class:`BatchResult` once the tables are written, while
         the output is still locked (e.g. to chain a longitudinal analysis).
+    report : bool
+        Write each session's QC page and ``OUTPUT/report.html`` (:mod:`gdlesion.report_batch`).
 
     Returns
     -------
@@ -333,6 +336,7 @@ def run_batch(
         Bad input/output, no session, output locked by another batch, unknown executor.
     """
     start = time.perf_counter()
+    write_report = report  # the name ``report`` is reused below for the progress callback
     input_path, output = Path(input_path), Path(output)
     if fmt not in ("csv", "tsv"):
         raise BatchError(f"format {fmt!r}: expected csv or tsv")
@@ -367,7 +371,7 @@ def run_batch(
                 progress(BatchProgress(len(sessions), done, failed, result.reused, rec))
 
         for s in sessions:
-            task = SessionTask(s, str(output), params, pipeline, threads, study_fn)
+            task = SessionTask(s, str(output), params, pipeline, threads, study_fn, write_report)
             if s.error:
                 rec = failure_record(s, s.error, status=s.status_if_error, task=task)
                 write_json_atomic(record_path(output, s.key), rec)
@@ -392,6 +396,10 @@ def run_batch(
             result.ran += 1
             report(rec)
         result.counts_path, result.lesions_path = rebuild_tables(output, fmt=fmt)
+        if write_report:
+            from .report_batch import write_batch_report
+
+            write_batch_report(output)
         result.records = _all_records(output)
         result.elapsed_s = time.perf_counter() - start
         if on_complete is not None:

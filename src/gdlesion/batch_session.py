@@ -71,6 +71,8 @@ class SessionTask:
     study_fn : callable or None
         ``study_fn(pre, post, *, flair, params) -> StudyResult``; ``None`` uses
         :func:`gdlesion.pipeline.run_study`. Injected by tests.
+    report : bool
+        Also write the session's QC page (:func:`gdlesion.report_batch.write_batch_session_files`).
     """
 
     session: Session
@@ -79,6 +81,7 @@ class SessionTask:
     pipeline: str = ""
     threads: int = 1
     study_fn: StudyFn | None = None
+    report: bool = True
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:
@@ -310,4 +313,8 @@ def _write_outputs(
     }
     write_json_atomic(folder / names["sidecar"], sidecar)
     files = {name: _sha256(folder / name) for name in names.values()}
+    if task.report:  # report files stay out of the checksums: rebuilding a page keeps the session
+        from .report_batch import write_batch_session_files
+
+        write_batch_session_files(result, folder, task.session)
     return files, names["lesions"], qc
