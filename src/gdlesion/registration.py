@@ -83,6 +83,8 @@ class RegistrationResult:
         The optimiser's stop condition at the finest level.
     elapsed_s : float
         Wall time of the registration, including resampling.
+    levels : tuple of dict
+        Per pyramid level: ``level_mm``, ``iterations``, ``metric``, ``stop_reason``.
     """
 
     matrix_ras: np.ndarray
@@ -95,7 +97,7 @@ class RegistrationResult:
     iterations: int
     stop_reason: str
     elapsed_s: float
-    details: dict[str, Any] = field(default_factory=dict)
+    levels: tuple[dict[str, Any], ...] = field(default=())
 
     def qc_dict(self) -> dict[str, Any]:
         """Return the QC numbers as a JSON-ready dict (matrix as nested lists, rounded floats)."""
@@ -300,7 +302,7 @@ def register_rigid(
     _check_world_overlap(fixed_crop, moving_crop, who)
     try:
         with _itk_threads(threads):
-            transform, metric_initial, metric_final, iterations, stop_reason = _optimise(
+            transform, metric_initial, metric_final, levels = _optimise(
                 fixed_levels, moving_levels, levels_mm, init, settings)
     except RuntimeError as exc:
         raise RegistrationError(f"{who} failed in ITK: {_itk_reason(exc)}") from None
@@ -327,33 +329,46 @@ def register_rigid(
         similarity_before=before,
         similarity_after=after,
         overlap_fraction=overlap,
-        iterations=iterations,
-        stop_reason=stop_reason,
+        iterations=sum(lv["iterations"] for lv in levels),
+        stop_reason=levels[-1]["stop_reason"],
         elapsed_s=time.perf_counter() - start,
+        levels=tuple(levels),
     )
 
 
 def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
               levels_mm: tuple[float, ...], init: str,
-              settings: _Settings) -> tuple[sitk.Euler3DTransform, float, float, int, str]:
-    """Initialise, then run each pyramid level; return transform, metrics, iterations, stop."""
+              settings: _Settings,
+              ) -> tuple[sitk.Euler3DTransform, float, float, list[dict[str, Any]]]:
+    """Initialise, then run each pyramid level; return transform, metrics, per-level records."""
     transform = _initial_transform(fixed_levels[0], moving_levels[0], init, settings)
     metric_initial = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
-    iterations = 0
-    stop_reason = ""
+    records = []
     for level, (f_img, m_img) in enumerate(zip(fixed_levels, moving_levels, strict=True)):
         method = _method(f_img, settings)
         step = float(levels_mm[level])
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=step, minStep=0.002 * step, numberOfIterations=settings.max_iterations,
-            relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+        if level == 0:
+            # coarse: conjugate gradient with a short line search copes with flat, badly
+            # conditioned MI landscapes (regular-step descent stalled there on smooth phantoms)
+            method.SetOptimizerAsConjugateGradientLineSearch(
+                learningRate=1.0, numberOfIterations=settings.max_iterations,
+                convergenceMinimumValue=1e-5, convergenceWindowSize=5,
+                lineSearchUpperLimit=2.0, lineSearchEpsilon=0.05, lineSearchMaximumIterations=3,
+                maximumStepSizeInPhysicalUnits=0.5 * step)
+        else:
+            # fine: cheap regular-step descent from the coarse optimum
+            method.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=0.25 * step, minStep=0.002 * step,
+                numberOfIterations=settings.max_iterations, relaxationFactor=0.7,
+                gradientMagnitudeTolerance=1e-8)
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(transform, inPlace=True)
         method.Execute(f_img, m_img)
-        iterations += int(method.GetOptimizerIteration())
-        stop_reason = method.GetOptimizerStopConditionDescription()
+        records.append({"level_mm": step, "iterations": int(method.GetOptimizerIteration()),
+                        "metric": float(method.GetMetricValue()),
+                        "stop_reason": method.GetOptimizerStopConditionDescription()})
     metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
-    return transform, metric_initial, metric_final, iterations, stop_reason
+    return transform, metric_initial, metric_final, records
 
 
 @contextlib.contextmanager
