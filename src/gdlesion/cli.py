@@ -80,6 +80,10 @@ def simulate_command(
     ),
     no_flair: bool = typer.Option(False, "--no-flair", help="Do not write FLAIR images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty OUT."),
+    cohort: str = typer.Option(
+        None, "--cohort", help="Write a demo cohort with clinical data: 'rescue' (10 patients, "
+        "IFNB -> 3 monthly MX -> IFNB, 7 stable / 3 worsening; --subjects resizes it)."
+    ),
 ) -> None:
     """Write simulated pre/post-Gd T1 (+FLAIR) with ground truth: one study, or a BIDS dataset."""
     from .io import ensure_writable_dir
@@ -87,7 +91,11 @@ def simulate_command(
 
     with user_errors():
         ensure_writable_dir(out, overwrite=overwrite)
-        if subjects > 0:
+        if cohort is not None:
+            _simulate_cohort(out, cohort, n_subjects=subjects or 10, resolution=resolution,
+                             voxel_size=voxel_size, seed=seed, with_flair=not no_flair,
+                             overwrite=overwrite)
+        elif subjects > 0:
             try:
                 lo, hi = (int(v) for v in lesion_range.split("-", 1))
             except ValueError:
@@ -109,6 +117,25 @@ def simulate_command(
             names = ", ".join(p.name for p in paths.values())
             console.print(f"study {out}: {len(study.lesions)} enhancing lesions, files {names}",
                           highlight=False)
+
+
+def _simulate_cohort(out: str, design: str, **options) -> None:  # noqa: ANN003 - cohort options
+    from .cohort import write_rescue_cohort
+
+    if design != "rescue":
+        raise typer.BadParameter(f"--cohort {design!r}: the only design is 'rescue'")
+    n = options.pop("n_subjects")
+    truth = write_rescue_cohort(
+        out, n_subjects=n, n_worsening=round(0.3 * n), **options,
+        progress=lambda sub, ses: err_console.print(f"wrote sub-{sub} ses-{ses}", highlight=False),
+    )
+    outcomes = truth.groupby("subject")["outcome"].first().value_counts()
+    console.print(
+        f"rescue cohort {out}: {truth['subject'].nunique()} subjects, {len(truth)} visits "
+        f"({int(outcomes.get('stable', 0))} stable, {int(outcomes.get('worsening', 0))} "
+        f"worsening); clinical data in sub-*/sub-*_sessions.tsv and clinical.tsv",
+        highlight=False, markup=False,
+    )
 
 
 # --- inspect --------------------------------------------------------------------------

@@ -25,13 +25,18 @@ visit dates differ from the scan dates by up to a week (to exercise the date joi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from . import __version__
+from .io import ensure_writable_dir, save_volume, write_json_atomic, write_text_atomic
+
 __all__ = ["CohortVisit", "CohortLesion", "design_rescue_cohort", "clinical_tables",
-           "VISIT_MONTHS"]
+           "write_rescue_cohort", "VISIT_MONTHS"]
 
 #: Months of the scheduled visits relative to the first mitoxantrone infusion.
 VISIT_MONTHS = (-2, -1, 0, 1, 2, 3, 6, 9, 12, 15)
@@ -60,6 +65,7 @@ class CohortVisit:
     edss: float
     relapses: int
     outcome: str
+    visit_index: int = 0
     lesions: list[int] = field(default_factory=list)
     new_lesions: int = 0
 
@@ -138,7 +144,7 @@ def design_rescue_cohort(
             visits.append(CohortVisit(
                 subject=subject, session=f"{v + 1:02d}",
                 date=_START + pd.DateOffset(months=month - VISIT_MONTHS[0], days=7 * (s % 4)),
-                month=month, treatment=_treatment(month, worsening), edss=edss,
+                month=month, visit_index=v, treatment=_treatment(month, worsening), edss=edss,
                 relapses=relapses, outcome="worsening" if worsening else "stable",
                 lesions=sorted(active), new_lesions=n_new,
             ))
@@ -180,3 +186,96 @@ def clinical_tables(visits: list[CohortVisit], *, seed: int = 2024) -> dict[str,
     })
     out["truth"] = rows.assign(date=rows["date"].dt.strftime("%Y-%m-%d"))
     return out
+
+
+def write_rescue_cohort(
+    root: str | os.PathLike[str],
+    *,
+    n_subjects: int = 10,
+    n_worsening: int = 3,
+    resolution: str = "1mm",
+    voxel_size: float | None = None,
+    seed: int = 2024,
+    with_flair: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> pd.DataFrame:
+    """Write the demo cohort: phantoms for every visit, clinical tables and truth.
+
+    Layout (BIDS raw, as :func:`gdlesion.simulate.write_bids_dataset`)::
+
+        root/sub-01/sub-01_sessions.tsv   session_id, acq_time, edss, relapses, treatment
+        root/sub-01/ses-01/anat/sub-01_ses-01_{T1w,ce-gadolinium_T1w,FLAIR}.nii.gz
+        root/clinical.tsv                 top-level table, dates only (+-7 days)
+        root/derivatives/truth/cohort_truth.csv and per-session truth label maps
+
+    Each subject keeps one anatomy; every enhancing lesion has one position (drawn
+    with :func:`gdlesion.lesions_sim.random_lesions`) and enhances on the visits of
+    the design, fading to 75 % contrast on its second visit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The truth table (one row per visit), also written to ``cohort_truth.csv``.
+    """
+    from .lesions_sim import random_lesions
+    from .simulate import simulate_study
+
+    visits, lesions = design_rescue_cohort(n_subjects=n_subjects, n_worsening=n_worsening,
+                                           seed=seed)
+    tables = clinical_tables(visits, seed=seed)
+    out = ensure_writable_dir(root, overwrite=overwrite)
+    deriv = out / "derivatives" / "truth"
+    generated = [{"Name": "gdlesion simulate --cohort rescue", "Version": __version__}]
+    write_json_atomic(out / "dataset_description.json", {
+        "Name": "gdlesion simulated rescue-therapy cohort", "BIDSVersion": "1.9.0",
+        "DatasetType": "raw", "GeneratedBy": generated, "License": "CC0"})
+    write_json_atomic(deriv / "dataset_description.json", {
+        "Name": "gdlesion rescue cohort ground truth", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative", "GeneratedBy": generated})
+    scale = 1.0 if voxel_size is None else float(voxel_size)
+    by_subject: dict[str, list[CohortVisit]] = {}
+    for v in visits:
+        by_subject.setdefault(v.subject, []).append(v)
+    for subject, sub_visits in by_subject.items():
+        subject_seed = seed * 100 + int(subject)
+        specs = random_lesions(subject_seed=subject_seed, n=len(lesions[subject]),
+                               seed=subject_seed + 1, min_diameter_mm=max(4.0, 2.5 * scale),
+                               max_diameter_mm=max(10.0, 4.0 * scale), ring_fraction=0.2)
+        specs = [replace(s, lesion_id=k + 1, contrast=max(s.contrast, 0.4))
+                 for k, s in enumerate(specs)]
+        for v in sub_visits:
+            on_scan = [specs[k] if lesions[subject][k].visits[0] == v.visit_index else
+                       replace(specs[k], contrast=0.75 * specs[k].contrast) for k in v.lesions]
+            study = simulate_study(resolution=resolution, seed=subject_seed * 100 + int(v.session),
+                                   subject_seed=subject_seed, lesions=on_scan,
+                                   with_flair=with_flair, voxel_size=voxel_size)
+            stem = f"sub-{subject}_ses-{v.session}"
+            anat = out / f"sub-{subject}" / f"ses-{v.session}" / "anat"
+            save_volume(anat / f"{stem}_T1w.nii.gz", study.pre.data, study.pre.affine,
+                        dtype=np.int16)
+            save_volume(anat / f"{stem}_ce-gadolinium_T1w.nii.gz", study.post.data,
+                        study.post.affine, dtype=np.int16)
+            if study.flair is not None:
+                save_volume(anat / f"{stem}_FLAIR.nii.gz", study.flair.data, study.flair.affine,
+                            dtype=np.int16)
+            tdir = deriv / f"sub-{subject}" / f"ses-{v.session}" / "anat"
+            save_volume(tdir / f"{stem}_space-individual_label-lesion_dseg.nii.gz", study.labels,
+                        study.post.affine, dtype=np.int16)
+            if progress is not None:
+                progress(subject, v.session)
+        write_text_atomic(out / f"sub-{subject}" / f"sub-{subject}_sessions.tsv",
+                          tables[f"sub-{subject}"].to_csv(sep="\t", index=False,
+                                                          lineterminator="\n"))
+    participants = pd.DataFrame({"participant_id": [f"sub-{s}" for s in by_subject],
+                                 "outcome_designed": [vs[0].outcome for vs in by_subject.values()]})
+    write_text_atomic(out / "participants.tsv",
+                      participants.to_csv(sep="\t", index=False, lineterminator="\n"))
+    write_text_atomic(out / "clinical.tsv",
+                      tables["clinical"].to_csv(sep="\t", index=False, lineterminator="\n"))
+    write_text_atomic(deriv / "cohort_truth.csv",
+                      tables["truth"].to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(out / "README", "Simulated rescue-therapy cohort written by `gdlesion "
+                      "simulate --cohort rescue`; design in gdlesion.cohort, truth in "
+                      "derivatives/truth.\n")
+    return tables["truth"]

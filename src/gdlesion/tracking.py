@@ -130,7 +130,8 @@ def track_lesions(
         for k, v in prev_vols.items():
             if not prev_links.get(k):
                 rows.append((sessions[t], sessions[t - 1], k, "resolved", "", 0, v))
-    df = pd.DataFrame(rows, columns=list(TRACK_COLUMNS[1:]))
+    df = pd.DataFrame(rows, columns=list(TRACK_COLUMNS[1:])).astype(
+        {"lesion": "int64", "overlap_voxels": "int64", "volume_mm3": "float64"})
     df.insert(0, "subject", subject)
     return df
 
