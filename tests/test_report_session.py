@@ -1,0 +1,112 @@
+"""Session QC page: every lesion, every rejected candidate, the registration check, rebuild."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from gdlesion.cli import app
+from gdlesion.pipeline import write_study_outputs
+from gdlesion.report import MAX_REJECTED_IMAGES, load_inspect_view, rebuild_reports
+from report_helpers import (
+    NASTY_POST,
+    assert_self_contained,
+    image_sources,
+    lesion_ids,
+    simulated_result,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def inspected(tmp_path_factory):
+    """An inspect --out folder with its report, from a simulated study."""
+    root = tmp_path_factory.mktemp("inspect")
+    result, pre, post = simulated_result(root / "raw")
+    out = write_study_outputs(result, root / "out", inputs=(pre, post))
+    return result, out, post
+
+
+def test_page_shows_every_lesion_and_rejected_candidate(inspected):
+    result, out, _ = inspected
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert result.lesion_count >= 1 and len(result.rejected) >= 1
+    assert lesion_ids(html, "lesion") == sorted(result.lesions["lesion_id"].tolist())
+    assert lesion_ids(html, "rejected") == sorted(result.rejected["lesion_id"].tolist())
+    # each lesion block holds its zoomed image and its measures
+    for lid, vol in zip(result.lesions["lesion_id"], result.lesions["volume_mm3"], strict=True):
+        block = html.split(f'id="lesion-{lid}"')[1].split('<div class="lesion"')[0]
+        assert image_sources(block) and f"{vol:.4g}" in block
+    drawn = min(len(result.rejected), MAX_REJECTED_IMAGES)
+    rejected_part = html.split('id="rejected"')[1].split('id="about"')[0]
+    assert len(image_sources(rejected_part)) == drawn
+    for reason in set(result.rejected["reason"]):
+        assert f"rejected: {reason}" in rejected_part
+    assert f'<b id="lesion-count">{result.lesion_count}</b>' in html
+
+
+def test_page_has_registration_check_and_qc_numbers(inspected):
+    result, out, _ = inspected
+    html = (out / "report.html").read_text(encoding="utf-8")
+    reg = html.split('id="registration"')[1].split('id="enhancement"')[0]
+    flicker = reg.split('<div class="flicker">')[1].split("</div>")[0]
+    assert len(image_sources(flicker)) == 2 and 'class="top"' in flicker
+    assert "Edges of the registered pre scan" in reg
+    qc = result.registration.qc_dict()
+    for key in ("similarity_after", "metric_final", "overlap_fraction"):
+        assert f"<th>{key}</th><td>{qc[key]:.4g}</td>" in reg
+    assert "brain mask outline" in html.lower() and "Enhancement z-map" in html
+    for key in ("high_threshold", "numpy", "registration"):  # parameters, versions, timings
+        assert f"<th>{key}</th>" in html
+
+
+def test_page_is_self_contained_small_and_escaped(inspected):
+    _, out, _ = inspected
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(html)
+    assert (out / "report.html").stat().st_size < 2_000_000
+    assert "<script>&" not in html and "&lt;script&gt;&amp;post.nii.gz" in html
+    assert "gdlesion" in html and "descrip" not in html
+
+
+def test_report_command_rebuilds_inspect_page(inspected, tmp_path):
+    result, out, post = inspected
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    res = runner.invoke(app, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    html = (copy / "report.html").read_text(encoding="utf-8")
+    assert lesion_ids(html, "lesion") == sorted(result.lesions["lesion_id"].tolist())
+    assert lesion_ids(html, "rejected") == sorted(result.rejected["lesion_id"].tolist())
+    view = load_inspect_view(copy)
+    assert view.post.name == NASTY_POST and view.brain_mask.sum() == result.brain_mask.sum()
+
+
+def test_rebuild_without_recorded_post_needs_post_option(inspected, tmp_path):
+    _, out, post = inspected
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report_sources.json").unlink()
+    res = runner.invoke(app, ["report", str(copy)])
+    assert res.exit_code == 1 and "pass it with --post" in res.output
+    res = runner.invoke(app, ["report", str(copy), "--post", str(post)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((copy / "summary.json").read_text())["lesion_count"] >= 1
+
+
+def test_report_command_rejects_other_folders(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and "neither an inspect output" in res.output
+    with pytest.raises(Exception, match="neither an inspect output"):
+        rebuild_reports(tmp_path)
+
+
+def test_no_report_option_skips_page(inspected, tmp_path):
+    result, _, _ = inspected
+    out = write_study_outputs(result, tmp_path / "out", report=False)
+    assert (out / "summary.json").is_file() and not (out / "report.html").exists()
