@@ -1,11 +1,12 @@
-"""Rigid (6-DOF) registration of one scan onto another, plus resampling helpers.
+"""Rigid (6-DOF) registration of one scan onto another.
 
 The fixed image's grid is the reference space of every output (in the
 pipeline the fixed image is the post-contrast scan and the moving image the
 pre-contrast scan; for longitudinal tracking it is an earlier visit's post
 scan). Transforms are 4x4 matrices acting on RAS millimetre points and map a
 point of the *fixed* scan to the same anatomy in the *moving* scan, which is
-also the direction SimpleITK resamples with.
+also the direction SimpleITK resamples with. :func:`rigid_matrix` and
+:func:`resample_volume` live in :mod:`gdlesion.transforms` and are re-exported.
 
 Method (chosen by timing on the real data, see ``benchmarks/README.md``):
 
@@ -16,10 +17,12 @@ Method (chosen by timing on the real data, see ``benchmarks/README.md``):
 * the initial transform is the better (lower Mattes MI) of the GEOMETRY and
   MOMENTS centred initialisers;
 * each level runs Mattes mutual information with random sampling at a fixed
-  seed and regular-step gradient descent with physical-shift scales; the
-  finest level is the grid given by ``levels_mm[-1]`` (default 2 mm, which is
-  accurate to a few tenths of a millimetre on 1 mm brains and much faster
-  than a full-resolution pass).
+  seed and physical-shift parameter scales: conjugate gradient with a short
+  line search on the coarsest level (regular-step descent stalled a few
+  degrees short on smooth images), then regular-step descent. The finest
+  level is the grid given by ``levels_mm[-1]`` (default 2 mm: accurate to a
+  few tenths of a millimetre on 1 mm brains and much faster than a
+  full-resolution pass).
 
 ITK's multithreaded Mattes metric accumulates its joint histogram in a racy
 order, so the optimisation runs single-threaded by default (``threads=1``) to
@@ -352,7 +355,7 @@ def _crop_to_head(image: sitk.Image) -> sitk.Image:
     mask = _head_mask(coarse)
     if not mask.any():
         return image
-    factors = np.array(image.GetSize()) // np.array(coarse.GetSize())
+    factors = np.array(_factors(image, 4.0))
     idx = np.nonzero(mask)
     lo_kji = np.array([i.min() for i in idx])
     hi_kji = np.array([i.max() + 1 for i in idx])
@@ -365,9 +368,13 @@ def _crop_to_head(image: sitk.Image) -> sitk.Image:
 
 def _shrink(image: sitk.Image, target_mm: float) -> sitk.Image:
     """Block-average each axis towards ``target_mm`` voxels (never through thick slices)."""
-    factors = [max(1, int(round(target_mm / s))) for s in image.GetSpacing()]
-    factors = [min(f, n) for f, n in zip(factors, image.GetSize(), strict=True)]
+    factors = _factors(image, target_mm)
     return image if factors == [1, 1, 1] else sitk.BinShrink(image, factors)
+
+
+def _factors(image: sitk.Image, target_mm: float) -> list[int]:
+    factors = [max(1, int(round(target_mm / s))) for s in image.GetSpacing()]
+    return [min(f, n) for f, n in zip(factors, image.GetSize(), strict=True)]
 
 
 def _world_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
