@@ -83,6 +83,16 @@ def test_identity_transform_misses_moved_lesions():
     assert (df["status"] == "persistent").sum() < 3
 
 
+def test_visit_without_lesions_counts_zero_new():
+    maps, _ = zip(*[label_map(v) for v in range(2)], strict=True)
+    empty = Volume(np.zeros(SHAPE, np.int32), AFFINE, "empty")
+    df = track_lesions([maps[0], empty, empty], [None] * 3, sessions=["00", "01", "02"])
+    pv = per_visit(df).set_index("session")
+    assert pv.loc["01", ["new_lesions", "resolved_lesions"]].tolist() == [0, 2]
+    assert pv.loc["02", ["new_lesions", "resolved_lesions"]].tolist() == [0, 0]
+    assert df.loc[df["session"] == "02", "status"].tolist() == ["none"]
+
+
 def test_match_lesions_threshold():
     prev = np.zeros((5, 5, 5), int)
     cur = np.zeros((5, 5, 5), int)

@@ -134,7 +134,7 @@ def _simulate_cohort(out: str, design: str, **options) -> None:  # noqa: ANN003 
         f"rescue cohort {out}: {truth['subject'].nunique()} subjects, {len(truth)} visits "
         f"({int(outcomes.get('stable', 0))} stable, {int(outcomes.get('worsening', 0))} "
         f"worsening); clinical data in sub-*/sub-*_sessions.tsv and clinical.tsv",
-        highlight=False, markup=False,
+        highlight=False, markup=False, soft_wrap=True,
     )
 
 

@@ -8,7 +8,9 @@ the current grid with the rigid transform from registering the previous post sca
 * a current lesion overlapping a previous lesion by ``>= min_overlap_voxels`` voxels
   (inclusive) is **persistent**, otherwise **new**;
 * a previous lesion overlapping no current lesion that much is **resolved**;
-* lesions of a subject's first visit are ``baseline`` (newness is unknown).
+* lesions of a subject's first visit are ``baseline`` (newness is unknown);
+* a visit with nothing to report gets one row with status ``none`` (lesion 0), so
+  that "tracked, zero new lesions" differs from "not tracked".
 
 New Gd+ lesions per visit are the standard trial endpoint; they are reported next to
 the raw counts. :func:`track_lesions` is the pure core (arrays + matrices);
@@ -113,8 +115,11 @@ def track_lesions(
     for t, labels in enumerate(label_maps):
         lab = np.asarray(labels.data).astype(np.int64)
         vols = _volumes(lab, labels.voxel_volume_mm3)
+        first = len(rows)
         if t == 0:
             rows += [(sessions[0], "", k, "baseline", "", 0, v) for k, v in vols.items()]
+            if len(rows) == first:
+                rows.append((sessions[0], "", 0, "none", "", 0, 0.0))
             continue
         prev = label_maps[t - 1]
         moved = resample_volume(prev, labels, matrices[t], interpolation="nearest")
@@ -130,6 +135,8 @@ def track_lesions(
         for k, v in prev_vols.items():
             if not prev_links.get(k):
                 rows.append((sessions[t], sessions[t - 1], k, "resolved", "", 0, v))
+        if len(rows) == first:
+            rows.append((sessions[t], sessions[t - 1], 0, "none", "", 0, 0.0))
     df = pd.DataFrame(rows, columns=list(TRACK_COLUMNS[1:])).astype(
         {"lesion": "int64", "overlap_voxels": "int64", "volume_mm3": "float64"})
     df.insert(0, "subject", subject)
@@ -149,7 +156,7 @@ def per_visit(tracking: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["subject", "session", "new_lesions", "persistent_lesions",
                                      "resolved_lesions"])
     table = pd.crosstab([tracking["subject"], tracking["session"]], tracking["status"])
-    for col in ("baseline", "new", "persistent", "resolved"):
+    for col in ("baseline", "new", "persistent", "resolved", "none"):
         if col not in table.columns:
             table[col] = 0
     first = tracking.groupby(["subject", "session"])["compared_to"].first().eq("")
