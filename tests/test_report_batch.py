@@ -13,6 +13,7 @@ from gdlesion.batch import run_batch
 from gdlesion.cli import app
 from gdlesion.report_batch import (
     JUMP_MIN,
+    MAX_SIMILARITY_DROP,
     MIN_SIMILARITY_AFTER,
     render_batch_page,
     session_flags,
@@ -86,13 +87,14 @@ def test_batch_no_report(tmp_path):
     assert not list((tmp_path / "out").rglob("*report*"))
 
 
-def _rec(subject, session, *, count=2, date="", status="ok", sim=0.95, metric=-0.5):
+def _rec(subject, session, *, count=2, date="", status="ok", sim=0.95, metric=-0.5, before=0.5):
     key = f"{subject}_{session}"
     return {
         "key": key, "subject": subject, "session": session, "acq_date": date, "status": status,
         "lesion_count": count, "total_volume_mm3": 10.0 * count, "warnings": [],
         "error": "" if status == "ok" else "no post scan",
-        "registration": {"similarity_after": sim, "metric_final": metric,
+        "registration": {"similarity_after": sim, "similarity_before": before,
+                         "metric_final": metric,
                          "overlap_fraction": 1.0},
         "lesions_file": f"{subject}/{session}/anat/{key}_lesions.tsv" if status == "ok" else "",
     }
@@ -104,11 +106,14 @@ def test_flags_registration_count_jump_and_failure():
         _rec("sub-01", "ses-02", count=1 + JUMP_MIN, date="2020-04-01"),  # jump
         _rec("sub-01", "ses-03", count=JUMP_MIN + 2, date="2020-07-01"),  # small change
         _rec("sub-02", "ses-01", sim=MIN_SIMILARITY_AFTER - 0.01),  # bad registration
-        _rec("sub-02", "ses-02", sim=MIN_SIMILARITY_AFTER),  # inclusive bound passes
+        _rec("sub-02", "ses-02", sim=MIN_SIMILARITY_AFTER, before=0.3),  # bound passes
         _rec("sub-03", "ses-01", status="failed"),
+        _rec("sub-04", "ses-01", sim=0.8, before=0.8 + MAX_SIMILARITY_DROP + 0.01),  # worse
+        _rec("sub-04", "ses-02", sim=0.8, before=0.8 + MAX_SIMILARITY_DROP),  # bound passes
     ]
     flags = session_flags(records)
-    assert flags == [[], ["count jump"], [], ["registration"], [], ["failed"]]
+    assert flags == [[], ["count jump"], [], ["registration"], [], ["failed"],
+                     ["registration"], []]
 
 
 def test_robust_registration_outlier_needs_enough_sessions():
@@ -131,3 +136,12 @@ def test_counts_plot_only_with_dates(tmp_path):
 def test_batch_page_escapes_labels(tmp_path):
     html = render_batch_page(tmp_path, [_rec("sub-<img src=x>", "ses-01")])
     assert "<img src=x>" not in html and "sub-&lt;img src=x&gt;" in html
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-report"]])
+def test_batch_cli_writes_report_unless_no_report(tmp_path, flag):
+    write_bids(tmp_path / "in", {"01": {"01": 1}})
+    res = runner.invoke(app, ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "-j", "1",
+                              *flag])
+    assert res.exit_code in (0, 3), res.output  # tiny noise scans may fail the real pipeline
+    assert (tmp_path / "out" / "report.html").is_file() == (not flag)
