@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gdlesion.clinical import parse_date, read_clinical, read_counts, read_relapse_dates
+from gdlesion.clinical import (
+    has_clinical_columns,
+    parse_date,
+    read_clinical,
+    read_counts,
+    read_relapse_dates,
+)
 from gdlesion.errors import ClinicalDataError, InputError
 from gdlesion.outcome import OutcomeRule, classify_outcomes
 from gdlesion.visits import derive_phases, join_visits, phase_summary
@@ -262,3 +268,12 @@ def test_relapse_dates_table(tmp_path):
     assert df.loc[0, "subject"] == "01"
     with pytest.raises(ClinicalDataError, match=r"r2.csv: line 2, column 'date': missing relapse"):
         read_relapse_dates(write(tmp_path, "r2.csv", "subject,date\n01,\n"))
+
+
+def test_has_clinical_columns(tmp_path):
+    write(tmp_path / "a", "sub-01/sub-01_sessions.tsv", "session_id\tacq_time\nses-01\t2020\n")
+    assert not has_clinical_columns(tmp_path / "a")
+    write(tmp_path / "b", "sub-01/sub-01_sessions.tsv", "session_id\tacq_time\tEDSS\nses-01\t\t2\n")
+    assert has_clinical_columns(tmp_path / "b")
+    assert has_clinical_columns(write(tmp_path, "c.csv", "subject,date,treatment\n"))
+    assert not has_clinical_columns(tmp_path / "missing.csv")

@@ -32,6 +32,7 @@ from .errors import ClinicalDataError, InputError
 __all__ = [
     "CLINICAL_COLUMNS",
     "COLUMN_ALIASES",
+    "has_clinical_columns",
     "COUNT_COLUMNS",
     "parse_date",
     "read_clinical",
@@ -311,6 +312,27 @@ def read_clinical(
         raise ClinicalDataError(f"clinical data {path}: no visits")
     _check_duplicates(df)
     return df.sort_values(["subject", "date", "session"], kind="stable").reset_index(drop=True)
+
+
+def has_clinical_columns(path: str | os.PathLike[str]) -> bool:
+    """Tell whether a table or a BIDS dataset's ``sessions.tsv`` files hold clinical data.
+
+    True when a header names an EDSS, relapse or treatment column (see
+    :data:`COLUMN_ALIASES`); used to chain ``gdlesion batch`` into the longitudinal
+    analysis automatically. Unreadable files count as False.
+    """
+    path = Path(path)
+    files = sorted(path.glob("sub-*/sub-*_sessions.tsv")) if path.is_dir() else [path]
+    wanted = {a for key in ("edss", "relapses", "treatment") for a in COLUMN_ALIASES[key]}
+    for f in files:
+        try:
+            header = f.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, UnicodeDecodeError, IndexError):
+            continue
+        sep = "\t" if "\t" in header else ","
+        if wanted & {c.strip().lower() for c in header.split(sep)}:
+            return True
+    return False
 
 
 def read_relapse_dates(path: str | os.PathLike[str]) -> pd.DataFrame:
