@@ -189,15 +189,18 @@ def run_study(
     pre_mapped = conditional_median_mapping(pre_c, post_c, mask_c)
 
     stage("detection")
-    z, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
-    candidates, n_cand = find_candidates(z, mask_c, post_v.voxel_volume_mm3, params=p)
+    z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
+    residual = post_c - pre_mapped
+    candidates, n_cand = find_candidates(
+        z, resid_s, residual, mask_c, post_v.voxel_volume_mm3, params=p
+    )
+    del resid_s
 
     stage("measures")
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
     context = anatomical_context(
         candidates, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms, csf_threshold=csf_gm
     )
-    residual = post_c - pre_mapped
     nawm = mask_c & (post_c >= gm_wm) & (candidates == 0)
     nawm_level = float(np.median(post_c[nawm])) if nawm.any() else float(np.median(post_c[mask_c]))
     flair_z = None

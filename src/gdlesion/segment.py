@@ -27,6 +27,7 @@ __all__ = [
     "split_touching",
     "find_candidates",
     "relabel_sequential",
+    "refine_boundaries",
 ]
 
 #: 26-connectivity: diagonal neighbours belong to the same lesion.
@@ -70,8 +71,9 @@ def enhancement_map(
     Returns
     -------
     tuple
-        ``(z, sigma)``: float32 map (0 outside ``mask``) and the noise level in
-        post-scan intensity units.
+        ``(z, residual, sigma)``: float32 z map and smoothed residual (both 0
+        outside ``mask``, residual in post intensity units, median removed) and
+        the noise level in post-scan intensity units.
     """
     sig_vox = params.smoothing_mm / zooms
     resid = post - pre_mapped
@@ -91,9 +93,11 @@ def enhancement_map(
     grad2 *= np.float32(params.misregistration_mm**2)
     grad2 += np.float32(sigma**2)
     np.sqrt(grad2, out=grad2)
-    resid /= grad2
+    z = resid / grad2
+    del grad2
+    z[~mask] = 0.0
     resid[~mask] = 0.0
-    return resid, sigma
+    return z, resid, sigma
 
 
 def hysteresis_components(
@@ -182,8 +186,42 @@ def split_touching(
     return relabel_sequential(out)
 
 
-def find_candidates(z: np.ndarray, mask: np.ndarray, voxel_mm3: float, *, params: DetectionParams):
-    """Hysteresis components of the enhancement map, split into distinct foci.
+def refine_boundaries(
+    labels: np.ndarray, smoothed: np.ndarray, raw: np.ndarray, *, fraction: float
+) -> tuple[np.ndarray, int]:
+    """Trim each candidate to the voxels enhancing at least ``fraction`` of its peak.
+
+    Hysteresis at a few noise units follows a bright lesion far into its
+    blurred, partial-volume edge and overstates its volume. For a uniformly
+    enhancing object, the voxels at least half covered are those whose signal
+    is at least half the plateau: a boundary at half the peak enhancement
+    (``fraction=0.5``) gives an unbiased volume. The peak is taken from the
+    ``smoothed`` residual (robust to noise) and the boundary from the ``raw``
+    residual, because smoothing moves the half-maximum surface of a small,
+    curved lesion inwards (by ``sigma**2 / radius``: -19 % volume for a 7 mm
+    lesion at 0.8 mm smoothing). Noise only flips voxels at the boundary both
+    ways. Candidates whose trimmed region is empty disappear.
+    """
+    if fraction <= 0 or not labels.any():
+        return relabel_sequential(labels)
+    n = int(labels.max())
+    peak = np.zeros(n + 1, dtype=np.float32)
+    fg = labels > 0
+    np.maximum.at(peak, labels[fg], smoothed[fg])
+    keep = fg & (raw >= np.float32(fraction) * peak[labels])
+    return relabel_sequential(np.where(keep, labels, 0))
+
+
+def find_candidates(
+    z: np.ndarray,
+    smoothed: np.ndarray,
+    raw: np.ndarray,
+    mask: np.ndarray,
+    voxel_mm3: float,
+    *,
+    params: DetectionParams,
+) -> tuple[np.ndarray, int]:
+    """Hysteresis components of the enhancement map, split into foci, trimmed at half peak.
 
     Returns
     -------
@@ -194,4 +232,7 @@ def find_candidates(z: np.ndarray, mask: np.ndarray, voxel_mm3: float, *, params
     if n == 0:
         return labels, 0
     min_voxels = max(1, int(np.ceil(params.min_volume_mm3 / voxel_mm3 - 1e-9)))
-    return split_touching(z, labels, saddle_ratio=params.split_saddle_ratio, min_voxels=min_voxels)
+    labels, n = split_touching(
+        z, labels, saddle_ratio=params.split_saddle_ratio, min_voxels=min_voxels
+    )
+    return refine_boundaries(labels, smoothed, raw, fraction=params.boundary_fraction)

@@ -1,0 +1,206 @@
+"""End-to-end detection on planted phantoms, outputs, bad inputs, the CLI and real data."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import oblique_affine
+from detection_phantom import render
+from typer.testing import CliRunner
+
+from gdlesion.cli import app
+from gdlesion.errors import InputError, OutputError, RegistrationError, SegmentationError
+from gdlesion.io import Volume
+from gdlesion.measure import LESION_COLUMNS
+from gdlesion.pipeline import lesions_table_csv, run_study, write_study_outputs
+from gdlesion.registration import rigid_matrix
+from gdlesion.segment import hysteresis_components
+
+SHAPE = (100, 92, 57)  # unequal; 1.0 x 1.2 x 1.5 mm oblique voxels
+LESIONS = [
+    ((18.0, -25.0, -8.0), 4.0),
+    ((-18.0, 25.0, 5.0), 5.0),
+    ((12.0, 28.0, -12.0), 3.0),
+    ((22.0, -3.0, 15.0), 3.5),  # these two touch in the image (1.5 mm gap, about one voxel)
+    ((22.0, 5.5, 15.0), 3.5),
+]
+
+
+def _affine():
+    aff = oblique_affine(zooms=(1.0, 1.2, 1.5), angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
+    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(SHAPE) - 1) / 2.0)
+    return aff
+
+
+MOTION = rigid_matrix(rotation_deg=(1.5, -1.0, 2.0), translation_mm=(1.2, -0.8, 1.5))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    pre, post, truth = render(SHAPE, _affine(), lesions=LESIONS, motion=MOTION, seed=1)
+    return pre, post, truth, run_study(pre, post)
+
+
+@pytest.fixture(scope="module")
+def lesion_free():
+    pre, post, _ = render(SHAPE, _affine(), lesions=(), seed=2)
+    return pre, post, run_study(pre, post)
+
+
+def _match(result, truth):
+    """Truth id -> detected lesion id with the largest overlap."""
+    out = {}
+    for tid in range(1, len(LESIONS) + 1):
+        hits = result.labels[truth == tid]
+        hits = hits[hits > 0]
+        out[tid] = int(np.bincount(hits).argmax()) if hits.size else 0
+    return out
+
+
+def test_planted_lesions_volume_and_centroid(planted):
+    pre, post, truth, result = planted
+    assert result.lesion_count == len(LESIONS)
+    match = _match(result, truth)
+    assert sorted(match.values()) == list(range(1, len(LESIONS) + 1))  # one-to-one, touching split
+    table = result.lesions.set_index("lesion_id")
+    for tid, lid in match.items():
+        true_vol = float((truth == tid).sum()) * post.voxel_volume_mm3
+        assert table.loc[lid, "volume_mm3"] == pytest.approx(true_vol, rel=0.20)
+        true_ijk = np.argwhere(truth == tid).mean(0)
+        xyz = table.loc[lid, ["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+        assert np.all(np.abs(post.world_to_voxel(xyz) - true_ijk) <= 1.0)
+    # labels live on the post grid and match the table
+    assert result.labels.shape == post.shape and result.labels.dtype == np.int32
+    assert np.bincount(result.labels.ravel())[1:].tolist() == table["n_voxels"].tolist()
+    # the pair 4/5 is one connected region of the enhancement map, split into two lesions
+    comps, _ = hysteresis_components(
+        result.enhancement.data, result.brain_mask, low=result.params.low_threshold,
+        high=result.params.high_threshold,
+    )
+    assert comps[truth == 4].max() == comps[truth == 5].max() > 0
+    assert match[4] != match[5]
+    # registration found the simulated motion: pre shows the anatomy at MOTION @ x, so a post
+    # point maps to the pre point inv(MOTION) @ x
+    expected = np.linalg.inv(MOTION)
+    assert np.allclose(result.registration.matrix_ras[:3, 3], expected[:3, 3], atol=0.6)
+
+
+def test_vessel_and_choroid_plexus_not_reported(lesion_free):
+    pre, post, result = lesion_free
+    assert result.lesion_count == 0
+    assert result.total_volume_mm3 == 0.0
+    reasons = set(result.rejected["reason"])
+    assert "vessel" in reasons
+    assert reasons & {"choroid_plexus", "csf_space"}
+    assert (result.labels == 0).all()
+
+
+def test_zero_lesions_outputs(lesion_free, tmp_path):
+    pre, post, result = lesion_free
+    out = write_study_outputs(result, tmp_path / "out", report=False)
+    lines = (out / "lesions.csv").read_text().splitlines()
+    assert lines == [",".join(LESION_COLUMNS)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesion_count"] == 0 and summary["total_volume_mm3"] == 0.0
+    assert (out / "qc.png").stat().st_size > 1000
+    labels = nib.load(out / "lesion_labels.nii.gz")
+    assert labels.shape == post.shape and np.allclose(labels.affine, post.affine)
+    assert int(np.asarray(labels.dataobj).max()) == 0
+
+
+def test_outputs_layout_and_determinism(planted, tmp_path):
+    pre, post, truth, result = planted
+    out = write_study_outputs(result, tmp_path / "a", report=False)
+    expected = {
+        "lesion_labels.nii.gz", "lesion_mask.nii.gz", "pre_registered.nii.gz",
+        "enhancement.nii.gz", "brain_mask.nii.gz", "rejected_labels.nii.gz", "lesions.csv",
+        "rejected.csv", "summary.json", "qc.png",
+    }
+    assert expected <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if ".part" in p.name]
+    labels = nib.load(out / "lesion_labels.nii.gz")
+    assert labels.shape == post.shape and np.allclose(labels.affine, post.affine)
+    assert np.array_equal(np.asarray(labels.dataobj), result.labels)
+    mask = np.asarray(nib.load(out / "lesion_mask.nii.gz").dataobj)
+    assert set(np.unique(mask)) <= {0, 1}
+    table = pd.read_csv(out / "lesions.csv")
+    assert list(table.columns) == LESION_COLUMNS and len(table) == result.lesion_count
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert "reason" in rejected.columns and (rejected["reason"] != "").all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert np.asarray(summary["registration"]["matrix_ras"]).shape == (4, 4)
+    assert summary["parameters"]["high_threshold"] == result.params.high_threshold
+    assert set(summary["timings_s"]) >= {"registration", "detection"}
+    assert "numpy" in summary["versions"]
+    with pytest.raises(OutputError, match="not empty"):
+        write_study_outputs(result, out, report=False)
+    again = run_study(pre, post)
+    assert lesions_table_csv(again.lesions) == lesions_table_csv(result.lesions)
+    assert np.array_equal(again.labels, result.labels)
+
+
+def test_no_brain_in_post(rng):
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    noise = Volume(rng.normal(100, 30, (40, 40, 30)).astype(np.float32), aff, "post.nii.gz")
+    with pytest.raises(SegmentationError, match="no brain"):
+        run_study(noise, noise)
+
+
+def test_pre_and_post_do_not_overlap(lesion_free):
+    pre, post, _ = lesion_free
+    far = pre.affine.copy()
+    far[:3, 3] += 400.0
+    with pytest.raises(RegistrationError):
+        run_study(Volume(pre.data, far, "pre.nii.gz"), post)
+
+
+def test_swapped_pre_post_warns(planted):
+    pre, post, _, _ = planted
+    swapped = run_study(post, pre)
+    assert any("swapped" in w for w in swapped.warnings)
+
+
+def test_brain_mask_on_another_grid(planted, write_nifti):
+    pre, post, _, _ = planted
+    path = write_nifti(np.ones((5, 6, 7)), name="mask.nii.gz")
+    with pytest.raises(InputError, match="brain mask"):
+        run_study(pre, post, brain_mask=path)
+
+
+def test_cli_inspect(planted, tmp_path, write_nifti):
+    pre, post, _, result = planted
+    pre_p = write_nifti(pre.data, pre.affine, name="pre.nii.gz")
+    post_p = write_nifti(post.data, post.affine, name="post.nii.gz")
+    runner = CliRunner()
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"{result.lesion_count} enhancing lesion(s)" in res.output
+    assert (out / "lesions.csv").exists() and (out / "qc.png").exists()
+    # non-empty output refused before any work
+    res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--out", str(out)])
+    assert res.exit_code == 1 and "--overwrite" in res.output
+    # a bad input: one line, exit 1, nothing written
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    out2 = tmp_path / "out2"
+    res = runner.invoke(app, ["inspect", str(empty), str(post_p), "--out", str(out2)])
+    assert res.exit_code == 1 and "empty file" in res.output
+    assert not out2.exists() or not any(out2.iterdir())
+    res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--pipeline", "nope"])
+    assert res.exit_code == 1 and "not a preset" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_tumour_is_one_main_lesion(tcga_dir):
+    atlas = tcga_dir / "atlas"
+    result = run_study(atlas / "T1w_pre_brain.nii.gz", atlas / "T1w_post_gad_brain.nii.gz")
+    truth = np.asarray(nib.load(atlas / "tumor_labels_fused_auto.nii.gz").dataobj) == 4
+    main = result.labels == 1  # largest lesion
+    dice = 2 * (main & truth).sum() / (main.sum() + truth.sum())
+    assert dice >= 0.6

@@ -1,0 +1,162 @@
+"""Unit tests of the detection core: thresholds, splitting, trimming, rules, parameters, brain mask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gdlesion.errors import InputError, SegmentationError
+from gdlesion.measure import LESION_COLUMNS
+from gdlesion.params import DetectionParams, load_params, preset_names
+from gdlesion.preprocess import conditional_median_mapping, estimate_brain_mask
+from gdlesion.rules import RULES, apply_rules
+from gdlesion.segment import hysteresis_components, refine_boundaries, split_touching
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ball(shape, centre, radius):
+    grid = np.indices(shape).astype(float)
+    return ((grid - np.asarray(centre, float)[:, None, None, None]) ** 2).sum(0) <= radius**2
+
+
+def test_hysteresis_thresholds_are_inclusive():
+    z = np.zeros((9, 8, 7), np.float32)
+    z[2, 2, 2] = 6.0  # seed exactly at high
+    z[2, 3, 2] = 3.0  # grows exactly at low
+    z[6, 6, 5] = 5.99  # below high, no seed
+    labels, n = hysteresis_components(z, np.ones(z.shape, bool), low=3.0, high=6.0)
+    assert n == 1
+    assert labels[2, 2, 2] == labels[2, 3, 2] == 1
+    assert labels[6, 6, 5] == 0
+
+
+def test_split_touching_separates_two_peaks_but_not_a_plateau():
+    shape = (30, 20, 20)
+    z = np.zeros(shape, np.float32)
+    z[_ball(shape, (9, 10, 10), 4)] = 20.0
+    z[_ball(shape, (19, 10, 10), 4)] = 16.0
+    bridge = np.zeros(shape, bool)
+    bridge[12:17, 9:11, 9:11] = True
+    z[bridge & (z == 0)] = 4.0  # faint bridge: saddle 4 < 0.4 * 16
+    labels, n = hysteresis_components(z, np.ones(shape, bool), low=3.0, high=6.0)
+    assert n == 1
+    split, n_split = split_touching(z, labels, saddle_ratio=0.4, min_voxels=5)
+    assert n_split == 2
+    assert split[9, 10, 10] != split[19, 10, 10]
+    # a bright bridge (saddle 10 >= 0.4 * 16) keeps one lesion
+    z[bridge & (z == 4.0)] = 10.0
+    _, n_one = split_touching(z, labels, saddle_ratio=0.4, min_voxels=5)
+    assert n_one == 1
+
+
+def test_refine_boundaries_keeps_half_maximum():
+    smoothed = np.array([[[0, 4, 10, 6, 0]]], np.float32)
+    raw = np.array([[[0, 4.9, 10, 5.0, 0]]], np.float32)
+    labels = (smoothed > 0).astype(np.int32)
+    out, n = refine_boundaries(labels, smoothed, raw, fraction=0.5)
+    assert n == 1
+    assert out.ravel().tolist() == [0, 0, 1, 1, 0]
+
+
+def _table(**values):
+    row = {c: 0.0 for c in LESION_COLUMNS}
+    row.update(volume_mm3=50.0, elongation=1.2, length_mm=5.0, csf_distance_mm=5.0, flair_z=np.nan)
+    row.update(values)
+    return pd.DataFrame([row])
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({}, ""),
+        ({"volume_mm3": 9.99}, "too_small"),
+        ({"volume_mm3": 10.0}, ""),
+        ({"elongation": 3.0, "length_mm": 6.0}, "vessel"),
+        ({"elongation": 3.0, "length_mm": 5.9}, ""),
+        ({"edge_fraction": 0.5}, "brain_edge"),
+        ({"ventricle_fraction": 0.5}, "choroid_plexus"),
+        ({"csf_distance_mm": 0.9}, "csf_space"),
+        ({"csf_distance_mm": 1.0}, ""),
+        ({"flair_z": 0.5}, "no_flair_lesion"),
+        ({"flair_z": 1.0}, ""),
+    ],
+)
+def test_rules_inclusive_thresholds(values, reason):
+    assert apply_rules(_table(**values), DetectionParams()).tolist() == [reason]
+
+
+def test_rules_first_failing_rule_wins():
+    table = _table(volume_mm3=1.0, edge_fraction=1.0)
+    assert apply_rules(table, DetectionParams()).tolist() == ["too_small"]
+    assert [name for name, _ in RULES][0] == "too_small"
+
+
+def test_presets_load_and_pipelines_folder_matches():
+    assert {"default", "clinical-2d", "high-sensitivity"} <= set(preset_names())
+    assert load_params("default") == DetectionParams() == load_params(None)
+    assert load_params("high-sensitivity").high_threshold < DetectionParams().high_threshold
+    for name in ("default", "clinical-2d", "high-sensitivity"):
+        doc = REPO / "pipelines" / f"{name}.json"
+        packaged = REPO / "src" / "gdlesion" / "presets" / f"{name}.json"
+        assert doc.read_text() == packaged.read_text()
+        assert load_params(doc) == load_params(name)
+
+
+def test_load_params_from_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"high_threshold": 7.5, "_comment": "x"}))
+    assert load_params(path).high_threshold == 7.5
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"hgh_threshold": 5}', "unknown detection parameter"),
+        ('{"min_volume_mm3": -1}', "must be >= 0"),
+        ('{"low_threshold": 9}', "exceeds high_threshold"),
+        ('{"bias_correction": "magic"}', "bias_correction"),
+        ('{"high_threshold": "six"}', "not a number"),
+    ],
+)
+def test_load_params_bad_files(tmp_path, text, match):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match):
+        load_params(path)
+
+
+def test_load_params_unknown_name():
+    with pytest.raises(InputError, match="not a preset"):
+        load_params("no-such-preset")
+
+
+def test_brain_mask_skull_stripped_sphere_and_no_brain(rng, affine_oblique):
+    shape = (60, 50, 24)  # oblique 0.9x1.1x2.5 mm grid
+    data = np.zeros(shape, np.float32)
+    brain = _ball(shape, (30, 25, 12), 18) & (np.indices(shape)[2] >= 0)
+    grid = np.indices(shape).astype(float)
+    zooms = np.sqrt((affine_oblique[:3, :3] ** 2).sum(0))
+    d = np.sqrt(sum(((grid[a] - c) * zooms[a]) ** 2 for a, c in enumerate((30, 25, 12))))
+    brain = d <= 25.0
+    data[brain] = 500 + rng.normal(0, 10, int(brain.sum()))
+    mask = estimate_brain_mask(data, affine_oblique, min_volume_ml=20)
+    assert abs(int(mask.sum()) - int(brain.sum())) <= 0.05 * brain.sum()
+    noise = rng.normal(100, 30, shape).astype(np.float32)
+    with pytest.raises(SegmentationError, match="no brain found"):
+        estimate_brain_mask(noise, affine_oblique)
+
+
+def test_conditional_median_maps_a_nonlinear_contrast(rng):
+    pre = rng.uniform(0, 100, (40, 30, 20)).astype(np.float32)
+    post = (0.02 * pre**2 + 5).astype(np.float32)  # non-linear, monotone contrast change
+    post[:4] += 300  # a few enhancing voxels must not bend the curve
+    mapped = conditional_median_mapping(pre, post, np.ones(pre.shape, bool))
+    err = np.abs(mapped[4:] - post[4:])
+    assert np.median(err) < 1.0
