@@ -274,15 +274,19 @@ def _lesion_entries(view: SessionView, canon: rf.Canonical, table: pd.DataFrame,
     if label_map is None or table.empty:
         return []
     idcol = _id_column(table)
+    from scipy import ndimage as ndi
+
     labels_c = canon.apply(label_map)
-    present = set(np.unique(labels_c).tolist())
+    boxes = ndi.find_objects(np.maximum(labels_c, 0))  # one pass for every label
     entries = []
     for n, row in enumerate(table.to_dict("records")):
         lid = int(row[idcol]) if idcol else n + 1
         entry = {"id": lid, "reason": str(row.get("reason", "")), "image": "", "slice": None,
                  "measures": [(k, _fmt(v)) for k, v in row.items() if k not in _HIDDEN]}
-        if lid in present and (max_images is None or n < max_images):
-            rgb, k = rf.lesion_tile(layers, labels_c, lid, canon.zooms, windows, color=color)
+        box = boxes[lid - 1] if 0 < lid <= len(boxes) else None
+        if box is not None and (max_images is None or n < max_images):
+            rgb, k = rf.lesion_tile(layers, labels_c, lid, canon.zooms, windows, color=color,
+                                    box=box)
             entry.update(image=rf.png_data_uri(rgb), slice=k)
         entries.append(entry)
     return entries

@@ -39,6 +39,7 @@ __all__ = [
     "BATCH_PAGE",
     "session_page_relpath",
     "session_flags",
+    "session_flag_details",
     "write_batch_session_files",
     "load_batch_session_view",
     "render_batch_page",
@@ -204,8 +205,13 @@ def _qc(record: dict[str, Any], key: str) -> float:
 
 
 def session_flags(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Return the flags of each record (same order), as described in the module docstring."""
-    flags: list[list[str]] = [[] for _ in records]
+    """Return the flag names of each record (same order), as in the module docstring."""
+    return [[name for name, _ in fl] for fl in session_flag_details(records)]
+
+
+def session_flag_details(records: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
+    """Return ``(flag, why)`` pairs for each record (same order)."""
+    flags: list[list[tuple[str, str]]] = [[] for _ in records]
     ok = [n for n, r in enumerate(records) if r.get("status") == "ok"]
     sim = np.array([_qc(records[n], "similarity_after") for n in ok])
     # QC numbers are stored with 4 decimals: round the difference so the bound is exact
@@ -214,15 +220,23 @@ def session_flags(records: list[dict[str, Any]]) -> list[list[str]]:
     overlap = np.array([_qc(records[n], "overlap_fraction") for n in ok])
     z_sim, z_metric = _robust_z(sim), _robust_z(metric)
     for m, n in enumerate(ok):
-        if (sim[m] < MIN_SIMILARITY_AFTER or drop[m] > MAX_SIMILARITY_DROP
-                or overlap[m] < MIN_OVERLAP_FRACTION
-                or z_sim[m] < -ROBUST_Z or z_metric[m] > ROBUST_Z):
-            flags[n].append("registration")
+        why = [text for bad, text in (
+            (sim[m] < MIN_SIMILARITY_AFTER, f"similarity {sim[m]:.3f} < {MIN_SIMILARITY_AFTER}"),
+            (drop[m] > MAX_SIMILARITY_DROP, f"similarity fell by {drop[m]:.3f}"),
+            (overlap[m] < MIN_OVERLAP_FRACTION,
+             f"overlap {overlap[m]:.3f} < {MIN_OVERLAP_FRACTION}"),
+            (z_sim[m] < -ROBUST_Z, f"similarity {sim[m]:.3f} is a batch outlier "
+                                   f"(robust z {z_sim[m]:.1f})"),
+            (z_metric[m] > ROBUST_Z, f"MI metric {metric[m]:.3f} is a batch outlier "
+                                     f"(robust z {z_metric[m]:.1f})"),
+        ) if bad]
+        if why:
+            flags[n].append(("registration", "; ".join(why)))
     for n, rec in enumerate(records):
         if rec.get("status") != "ok":
-            flags[n].append(str(rec.get("status", "failed")))
+            flags[n].append((str(rec.get("status", "failed")), str(rec.get("error", ""))))
         if rec.get("warnings"):
-            flags[n].append("warning")
+            flags[n].append(("warning", "; ".join(str(w) for w in rec["warnings"])))
     by_subject: dict[str, list[int]] = {}
     for n in ok:
         by_subject.setdefault(str(records[n].get("subject", "")), []).append(n)
@@ -233,7 +247,8 @@ def session_flags(records: list[dict[str, Any]]) -> list[list[str]]:
         for prev, cur in zip(visits, visits[1:], strict=False):
             a, b = int(records[prev]["lesion_count"]), int(records[cur]["lesion_count"])
             if abs(b - a) >= max(JUMP_MIN, JUMP_RELATIVE * min(a, b)):
-                flags[cur].append("count jump")
+                flags[cur].append(("count jump", f"{a} -> {b} lesions since "
+                                                 f"{records[prev].get('session', '')}"))
     return flags
 
 
@@ -253,9 +268,12 @@ def _counts_plot(records: list[dict[str, Any]]) -> str:
     table = table.dropna(subset=["date"]).sort_values(["subject", "date"])
     if table.empty:
         return ""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=80)
     for subject, part in table.groupby("subject", sort=True):
         ax.plot(part["date"], part["count"], marker="o", ms=3, lw=1, label=str(subject))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("enhancing lesions")
     ax.set_xlabel("acquisition date")
     ax.grid(alpha=0.3)
@@ -272,7 +290,7 @@ def _counts_plot(records: list[dict[str, Any]]) -> str:
 def batch_context(output: str | os.PathLike, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Template context of the batch page."""
     out = Path(output)
-    flags = session_flags(records)
+    flags = session_flag_details(records)
     rows = []
     for rec, fl in zip(records, flags, strict=True):
         page = session_page_relpath(rec)

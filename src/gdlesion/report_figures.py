@@ -207,6 +207,7 @@ def lesion_tile(
     windows: list[tuple[float, float]],
     *,
     color: tuple[int, int, int] = RED,
+    box: tuple[slice, ...] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Zoomed axial panels through one lesion's largest cross-section, outlined.
 
@@ -224,16 +225,19 @@ def lesion_tile(
         Display window of each grey layer (ignored for ``"z"``).
     color : tuple of int
         Outline colour.
+    box : tuple of slice, optional
+        The label's bounding box (``scipy.ndimage.find_objects``), found if omitted.
 
     Returns
     -------
     tuple
         RGB image of the panels side by side, and the axial slice index shown.
     """
-    objects = ndi.find_objects((labels == label).astype(np.uint8))
-    if not objects or objects[0] is None:
-        raise ValueError(f"label {label} is absent from the label map")
-    box = objects[0]
+    if box is None:
+        objects = ndi.find_objects((labels == label).astype(np.uint8))
+        if not objects or objects[0] is None:
+            raise ValueError(f"label {label} is absent from the label map")
+        box = objects[0]
     slab = labels[box] == label
     k = box[2].start + int(np.argmax(slab.sum(axis=(0, 1))))
     lo = [max(0, int(np.floor(b.start - TILE_MARGIN_MM / z))) for b, z in zip(box[:2], zooms[:2],
