@@ -34,6 +34,7 @@ __all__ = [
     "SessionView",
     "view_from_result",
     "load_inspect_view",
+    "session_context",
     "render_session_page",
     "write_session_report",
     "write_inspect_report",
@@ -212,7 +213,7 @@ def _fmt(value: Any) -> str:
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
-    return str(value)
+    return str(value) if value is not None and value != "" else "n/a"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

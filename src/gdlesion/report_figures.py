@@ -240,10 +240,12 @@ def lesion_tile(
         box = objects[0]
     slab = labels[box] == label
     k = box[2].start + int(np.argmax(slab.sum(axis=(0, 1))))
-    lo = [max(0, int(np.floor(b.start - TILE_MARGIN_MM / z))) for b, z in zip(box[:2], zooms[:2],
-                                                                                strict=True)]
-    hi = [min(n, int(np.ceil(b.stop + TILE_MARGIN_MM / z))) for b, n, z in
-          zip(box[:2], labels.shape[:2], zooms[:2], strict=True)]
+    # A square field of view (in mm) centred on the lesion: the lesion's extent plus margins.
+    centre = np.array([(b.start + b.stop - 1) / 2.0 for b in box[:2]])
+    half_mm = max((b.stop - b.start) * z for b, z in zip(box[:2], zooms[:2], strict=True)) / 2
+    half = (half_mm + TILE_MARGIN_MM) / np.asarray(zooms[:2])
+    lo = np.maximum(0, np.floor(centre - half)).astype(int)
+    hi = np.minimum(labels.shape[:2], np.ceil(centre + half) + 1).astype(int)
     crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), k)
     zz = _plane_zooms(zooms, "axial")
     # Nearest-neighbour upsampling keeps voxels visible and the outline exact.
