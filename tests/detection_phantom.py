@@ -40,7 +40,7 @@ def make_grid(shape, affine):
     off = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(8, 3)
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
     pts = ijk[..., None, :].astype(np.float32) + off.astype(np.float32)
-    return (pts @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32))
+    return pts @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
 
 
 def render(shape, affine, *, lesions=(), tube=True, plexus=True, noise=12.0, seed=0, motion=None):

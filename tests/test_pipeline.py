@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import oblique_affine
-from detection_phantom import render
 from typer.testing import CliRunner
 
+from conftest import oblique_affine
+from detection_phantom import render
 from gdlesion.cli import app
 from gdlesion.errors import InputError, OutputError, RegistrationError, SegmentationError
 from gdlesion.io import Volume
@@ -78,7 +78,9 @@ def test_planted_lesions_volume_and_centroid(planted):
     assert np.bincount(result.labels.ravel())[1:].tolist() == table["n_voxels"].tolist()
     # the pair 4/5 is one connected region of the enhancement map, split into two lesions
     comps, _ = hysteresis_components(
-        result.enhancement.data, result.brain_mask, low=result.params.low_threshold,
+        result.enhancement.data,
+        result.brain_mask,
+        low=result.params.low_threshold,
         high=result.params.high_threshold,
     )
     assert comps[truth == 4].max() == comps[truth == 5].max() > 0
@@ -116,9 +118,16 @@ def test_outputs_layout_and_determinism(planted, tmp_path):
     pre, post, truth, result = planted
     out = write_study_outputs(result, tmp_path / "a", report=False)
     expected = {
-        "lesion_labels.nii.gz", "lesion_mask.nii.gz", "pre_registered.nii.gz",
-        "enhancement.nii.gz", "brain_mask.nii.gz", "rejected_labels.nii.gz", "lesions.csv",
-        "rejected.csv", "summary.json", "qc.png",
+        "lesion_labels.nii.gz",
+        "lesion_mask.nii.gz",
+        "pre_registered.nii.gz",
+        "enhancement.nii.gz",
+        "brain_mask.nii.gz",
+        "rejected_labels.nii.gz",
+        "lesions.csv",
+        "rejected.csv",
+        "summary.json",
+        "qc.png",
     }
     assert expected <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if ".part" in p.name]

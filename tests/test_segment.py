@@ -1,4 +1,4 @@
-"""Unit tests of the detection core: thresholds, splitting, trimming, rules, parameters, brain mask."""
+"""Detection core: thresholds, splitting, trimming, rules, parameters, brain mask."""
 
 from __future__ import annotations
 
@@ -58,14 +58,23 @@ def test_refine_boundaries_keeps_half_maximum():
     smoothed = np.array([[[0, 4, 10, 6, 0]]], np.float32)
     raw = np.array([[[0, 4.9, 10, 5.0, 0]]], np.float32)
     labels = (smoothed > 0).astype(np.int32)
-    out, n = refine_boundaries(labels, smoothed, raw, fraction=0.5)
+    out, n = refine_boundaries(labels, smoothed, raw, np.ones(3), fraction=0.5)
     assert n == 1
     assert out.ravel().tolist() == [0, 0, 1, 1, 0]
 
 
 def _table(**values):
     row = {c: 0.0 for c in LESION_COLUMNS}
-    row.update(volume_mm3=50.0, elongation=1.2, length_mm=5.0, csf_distance_mm=5.0, flair_z=np.nan)
+    row.update(
+        volume_mm3=50.0,
+        elongation=1.2,
+        length_mm=5.0,
+        csf_distance_mm=5.0,
+        flair_z=np.nan,
+        thickness_mm=4.0,
+        compactness=2.0,
+        pattern="nodular",
+    )
     row.update(values)
     return pd.DataFrame([row])
 
@@ -78,10 +87,13 @@ def _table(**values):
         ({"volume_mm3": 10.0}, ""),
         ({"elongation": 3.0, "length_mm": 6.0}, "vessel"),
         ({"elongation": 3.0, "length_mm": 5.9}, ""),
+        ({"thickness_mm": 5.0, "compactness": 6.0}, "vessel"),
+        ({"thickness_mm": 5.1, "compactness": 6.0}, ""),
+        ({"thickness_mm": 5.0, "compactness": 6.0, "pattern": "ring"}, ""),
         ({"edge_fraction": 0.5}, "brain_edge"),
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
-        ({"csf_distance_mm": 0.9}, "csf_space"),
-        ({"csf_distance_mm": 1.0}, ""),
+        ({"csf_distance_mm": 1.0}, "csf_space"),
+        ({"csf_distance_mm": 1.1}, ""),
         ({"flair_z": 0.5}, "no_flair_lesion"),
         ({"flair_z": 1.0}, ""),
     ],

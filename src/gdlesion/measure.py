@@ -214,7 +214,7 @@ def _median_by_label(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
 
 
 def empty_table(extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A lesion table with no rows and the right columns and dtypes."""
+    """Return a lesion table with no rows and the right columns and dtypes."""
     table = pd.DataFrame({c: pd.Series(dtype="float64") for c in LESION_COLUMNS + list(extra)})
     for c in ("lesion_id", "n_voxels") + tuple(c for c in LESION_COLUMNS if c.startswith("bbox")):
         table[c] = table[c].astype("int64")

@@ -64,6 +64,10 @@ class DetectionParams:
     vessel_min_length_mm : float
         The vessel rule applies only to candidates whose longest axis is at
         least this long: a short blob's axis ratio is dominated by voxel shape.
+    vessel_max_thickness_mm, vessel_min_compactness : float
+        A non-ring candidate at most this thick (mm, largest inscribed ball
+        diameter) whose volume is at least this many such balls is a curved or
+        branching vessel (see :func:`gdlesion.rules.vessel`).
     edge_margin_mm : float
         Depth below the brain surface counted as "at the edge" (dura, dural
         sinuses, cortical veins in sulci).
@@ -77,10 +81,11 @@ class DetectionParams:
         ``ventricle_margin_mm`` of a ventricle are rejected as choroid plexus.
         Periventricular MS lesions extend away from the ventricle, so less
         than half of their voxels lie in that band.
-    min_csf_distance_mm : float
-        A candidate's enhancing core must lie at least this far (median, mm)
-        from CSF spaces (sulci, cisterns, ventricles, outside the brain), where
-        veins and choroid plexus run (see :func:`gdlesion.rules.csf_space`).
+    max_csf_distance_mm : float
+        A candidate whose enhancing core lies at most this far (median, mm,
+        inclusive) from CSF spaces (sulci, cisterns, ventricles, outside the
+        brain), where veins and choroid plexus run, is rejected (see
+        :func:`gdlesion.rules.csf_space`).
     flair_min_z : float
         With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
         this many robust standard deviations above the brain median.
@@ -92,8 +97,8 @@ class DetectionParams:
         ``"none"`` or ``"n4"`` (N4 on the post scan; the same field divides the
         pre scan, since both share the coil's bias).
     min_overlap : float
-        Registration must leave at least this fraction of the post scan's head
-        covered by the pre scan.
+        After registration the pre scan must cover at least this fraction of
+        the post scan's brain mask (inclusive).
     """
 
     smoothing_mm: float = 0.8
@@ -105,11 +110,13 @@ class DetectionParams:
     split_saddle_ratio: float = 0.4
     vessel_elongation: float = 3.0
     vessel_min_length_mm: float = 6.0
+    vessel_max_thickness_mm: float = 5.0
+    vessel_min_compactness: float = 6.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
     ventricle_margin_mm: float = 2.0
     ventricle_fraction: float = 0.5
-    min_csf_distance_mm: float = 1.0
+    max_csf_distance_mm: float = 1.0
     flair_min_z: float = 1.0
     brain_opening_mm: float = 5.0
     min_brain_volume_ml: float = 20.0

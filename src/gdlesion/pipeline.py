@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import io
 from .anatomy import anatomical_context
-from .errors import InputError, SegmentationError
+from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
 from .measure import LESION_COLUMNS, empty_table, lesion_features
 from .params import DetectionParams, load_params
@@ -156,7 +156,9 @@ def run_study(
     if brain_mask is not None and not isinstance(brain_mask, np.ndarray):
         brain_mask = io.load_mask(brain_mask, reference=post_v, role="brain mask")
     elif brain_mask is not None and brain_mask.shape != post_v.shape:
-        raise InputError(f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}")
+        raise InputError(
+            f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
+        )
 
     stage("brain_mask")
     if brain_mask is None:
@@ -168,7 +170,14 @@ def run_study(
         mask = np.asarray(brain_mask, dtype=bool)
 
     stage("registration")
-    reg = register_rigid(pre_v, post_v, min_overlap=p.min_overlap)
+    # the overlap that matters here is the brain's: checked below on the brain mask
+    reg = register_rigid(pre_v, post_v, min_overlap=0.0)
+    covered = float(np.count_nonzero(reg.registered.data[mask])) / max(int(mask.sum()), 1)
+    if covered < p.min_overlap:
+        raise RegistrationError(
+            f"pre-contrast scan {pre_v.name}: covers only {covered:.0%} of the post scan's brain "
+            f"after registration (minimum {p.min_overlap:.0%}); are these scans of the same head?"
+        )
     flair_reg = None
     if flair_v is not None:
         flair_reg = register_rigid(flair_v, post_v, min_overlap=p.min_overlap).registered.data
@@ -180,7 +189,9 @@ def run_study(
     pre_c = reg.registered.data[box]
     mask_c = mask[box] & (pre_c != 0)
     if not mask_c.any():
-        raise SegmentationError(f"post-contrast scan {post_v.name}: the pre scan does not cover the brain")
+        raise SegmentationError(
+            f"post-contrast scan {post_v.name}: the pre scan does not cover the brain"
+        )
     if p.bias_correction == "n4":
         field_c = n4_bias_field(post_c, mask_c, zooms)
         post_c = post_c / field_c
@@ -192,14 +203,15 @@ def run_study(
     z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
     residual = post_c - pre_mapped
     candidates, n_cand = find_candidates(
-        z, resid_s, residual, mask_c, post_v.voxel_volume_mm3, params=p
+        z, resid_s, residual, mask_c, zooms, params=p
     )
     del resid_s
 
     stage("measures")
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
     context = anatomical_context(
-        candidates, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms, csf_threshold=csf_gm
+        candidates, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
+        csf_threshold=csf_gm,
     )
     nawm = mask_c & (post_c >= gm_wm) & (candidates == 0)
     nawm_level = float(np.median(post_c[nawm])) if nawm.any() else float(np.median(post_c[mask_c]))
@@ -318,7 +330,7 @@ def package_versions() -> dict[str, str]:
 
 
 def summary_json_dict(result: StudyResult) -> dict[str, Any]:
-    """The ``summary.json`` content: counts, registration QC, parameters, versions, timings."""
+    """Build the ``summary.json`` content: counts, registration QC, parameters, versions."""
     return {
         "lesion_count": result.lesion_count,
         "total_volume_mm3": round(result.total_volume_mm3, 3),
@@ -339,7 +351,7 @@ def summary_json_dict(result: StudyResult) -> dict[str, Any]:
 
 
 def lesions_table_csv(table: pd.DataFrame) -> str:
-    """CSV text of a lesion (or rejected) table: fixed float format, ``\\n`` line ends.
+    """Render a lesion (or rejected) table as CSV text: fixed float format, LF line ends.
 
     A table without rows gives the header line only.
     """

@@ -156,7 +156,8 @@ def estimate_brain_mask(
     volume_ml = float(brain.sum()) * float(np.prod(zooms)) / 1000.0
     if volume_ml < min_volume_ml:
         raise SegmentationError(
-            f"{name}: no brain found (largest tissue region {volume_ml:.1f} ml < {min_volume_ml:g} ml)"
+            f"{name}: no brain found "
+            f"(largest tissue region {volume_ml:.1f} ml < {min_volume_ml:g} ml)"
         )
     return brain
 

@@ -60,7 +60,9 @@ def save_qc_png(result: StudyResult, path: str | os.PathLike) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, k, title in zip(axes.ravel(), slices, titles, strict=False):
-        take = lambda a: np.take(a, k, axis=axis).T  # noqa: E731
+        def take(a: np.ndarray, k: int = k) -> np.ndarray:
+            return np.take(a, k, axis=axis).T
+
         ax.imshow(
             take(post), cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest"
         )
@@ -72,7 +74,8 @@ def save_qc_png(result: StudyResult, path: str | os.PathLike) -> None:
             ax.contour(les > 0, levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(title, fontsize=8)
     fig.suptitle(
-        f"{result.lesion_count} lesion(s), {result.total_volume_mm3:.0f} mm³ — red: lesions, yellow: rejected",
+        f"{result.lesion_count} lesion(s), {result.total_volume_mm3:.0f} mm³ "
+        "(red: lesions, yellow: rejected candidates)",
         fontsize=9,
     )
     fig.tight_layout()

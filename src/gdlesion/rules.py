@@ -27,18 +27,31 @@ def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
 
 def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
-    """Tubular: ``elongation >= vessel_elongation`` and ``length_mm >= vessel_min_length_mm``.
+    """Tubular or branching: straight tubes, and thin objects much larger than a nodule.
 
-    Veins (deep medullary, thalamostriate, cortical) and flow artefacts are
-    tubes whose longest principal axis is several times the second; an
-    enhancing MS lesion is a nodule or an ovoid (axis ratio below ~2; Dawson's
-    fingers are ovoids about 2:1). A ratio of 3 separates the two with margin,
-    and the length guard keeps short blobs, whose ratio is dominated by voxel
-    shape, out of this rule.
+    Rejected when (a) ``elongation >= vessel_elongation`` and ``length_mm >=
+    vessel_min_length_mm``, or (b) ``thickness_mm <= vessel_max_thickness_mm``
+    and ``compactness >= vessel_min_compactness`` and the pattern is not ring.
+
+    (a) Veins and flow artefacts are tubes whose longest principal axis is
+    several times the second; an enhancing MS lesion is a nodule or an ovoid
+    (axis ratio below ~2; Dawson's fingers are ovoids about 2:1). A ratio of 3
+    separates the two with margin; the length guard keeps short blobs, whose
+    ratio is dominated by voxel shape, out of this rule.
+    (b) Curved and branching veins escape the axis ratio. ``compactness`` is
+    the volume divided by the volume of the largest inscribed ball (1 for a
+    ball, 2-3 for an ovoid lesion); a thin structure (at most 5 mm thick, the
+    calibre of cortical and deep veins) holding at least 6 such balls is a
+    tube or a vascular tree. Ring lesions are thin shells by nature and are
+    exempt.
     """
-    return (
-        (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
-    ).to_numpy()
+    straight = (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
+    branching = (
+        (t["thickness_mm"] <= p.vessel_max_thickness_mm)
+        & (t["compactness"] >= p.vessel_min_compactness)
+        & (t["pattern"] != "ring")
+    )
+    return (straight | branching).to_numpy()
 
 
 def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
@@ -54,17 +67,18 @@ def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
 
 def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
-    """Enhancing core lies in CSF space: ``csf_distance_mm < min_csf_distance_mm``.
+    """Enhancing core in or beside CSF space: ``csf_distance_mm <= max_csf_distance_mm``.
 
     Veins run in sulci, fissures and cisterns, the choroid plexus floats in the
     ventricles, and the dural sinuses are outside the brain: all in CSF spaces,
     which are dark on the *pre* scan. ``csf_distance_mm`` is the median, over
     the candidate's core (voxels at least half its peak enhancement), of the
     distance to that space (closed by 1.5 mm so a vessel inside a sulcus counts
-    as in it). A parenchymal lesion's core lies in tissue: kept when the median
-    distance is at least ``min_csf_distance_mm`` (1 mm, one voxel).
+    as in it). A parenchymal lesion's core lies in tissue: rejected when the
+    median distance is at most ``max_csf_distance_mm`` (1 mm: the core is in the
+    space or in the voxel layer touching it, where vessels on a sulcal wall sit).
     """
-    return (t["csf_distance_mm"] < p.min_csf_distance_mm).to_numpy()
+    return (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
 
 
 def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:

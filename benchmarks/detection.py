@@ -1,0 +1,313 @@
+"""Enhancing-lesion detection: sensitivity, false positives, Dice, time and memory per study.
+
+Run from the repository root (needs ../shared/data; elastix from the ``benchmark`` extra)::
+
+    .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0]
+
+Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
+
+* ``sim-1mm-*`` / ``sim-2d-*``: ``gdlesion.simulate.simulate_study`` (full heads, moved pre scan,
+  veins, sinuses, choroid plexus, dura), 1 mm 3-D and 0.9x0.9x5.5 mm 2-D.
+* ``lesjak-pNN+ins``: the real Lesjak pair with ``--lesions`` synthetic lesions inserted in deep
+  white matter (nodular and ring, 2-14 mm, enhancement 20-60 % of white matter, partial volume by
+  3x3x3 supersampling, slightly T1-hypointense on both scans) and the pre scan moved by a random
+  rigid transform (<= 3 deg, <= 3 mm, resampled).
+* ``lesjak-pNN``: the unmodified real pair (no known enhancing lesion; every detection is listed);
+  ``lesjak-pNN+flair``: the same with ``--flair``.
+* ``tcga-atlas``: the glioma; Dice of the main (largest) lesion against label 4.
+
+Baseline measured in the same run: elastix's default rigid registration (itk-elastix) on the first
+Lesjak pair, against the whole ``run_study`` (registration + detection) on the same pair.
+A truth lesion is detected when a reported lesion overlaps it; a false positive is a reported
+lesion that overlaps no truth lesion (dilated by one voxel). Dice is voxel-wise over all lesions
+(simulator ring truth includes the core, so ring Dice is lower by construction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LESJAK = DATA / "lesjak2018_ms"
+SIZE_BINS = [(0, 3), (3, 5), (5, 10), (10, 100)]
+
+
+# --- lesion insertion into a real pair ------------------------------------------------------
+
+
+def insert_lesions(pre, post, n, rng):
+    """Return (pre, post, truth_labels, enhancing_truth, diameters) with ``n`` planted lesions."""
+    from gdlesion.preprocess import estimate_brain_mask, tissue_thresholds
+
+    mask = estimate_brain_mask(post.data, post.affine)
+    _, gm_wm = tissue_thresholds(post.data, mask)
+    wm = ndi.binary_erosion(mask & (ndi.gaussian_filter(post.data, 1.0) > gm_wm), iterations=2)
+    depth = ndi.distance_transform_edt(mask)
+    nawm = float(np.median(post.data[wm]))
+    pre_d, post_d = pre.data.copy(), post.data.copy()
+    truth = np.zeros(post.shape, np.int32)
+    enh_truth = np.zeros(post.shape, bool)
+    diameters = [2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 14.0]
+    placed, specs = [], []
+    candidates = np.argwhere(wm & (depth >= 12))
+    for k in range(n):
+        d = diameters[k % len(diameters)]
+        ring = d >= 6 and k % 2 == 1
+        for _ in range(500):
+            c = candidates[rng.integers(len(candidates))].astype(float)
+            r = d / 2
+            if all(np.linalg.norm(c - p) >= r + q + 4 for p, q in placed):
+                # whole lesion inside white matter
+                lo, hi = np.floor(c - r - 1).astype(int), np.ceil(c + r + 2).astype(int)
+                if wm[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].mean() > 0.7:
+                    break
+        placed.append((c, r))
+        lo, hi = np.floor(c - r - 1).astype(int), np.ceil(c + r + 2).astype(int)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        sub = (np.arange(3) - 1) / 3.0
+        grid = np.stack(
+            np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
+        ).astype(float)
+        pts = grid[..., None, :] + np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1)
+        pts = pts.reshape(*grid.shape[:3], 27, 3)
+        dist = np.linalg.norm(pts - c, axis=-1)
+        whole = (dist <= r).mean(-1)
+        rim = (
+            whole if not ring else ((dist <= r) & (dist >= r - np.clip(0.18 * d, 1, 2.5))).mean(-1)
+        )
+        contrast = rng.uniform(0.2, 0.6)
+        drop = rng.uniform(0.0, 0.15)
+        pre_d[box] *= 1 - drop * whole
+        post_d[box] = post_d[box] * (1 - drop * whole) + contrast * nawm * rim
+        truth[box][whole >= 0.25] = k + 1
+        enh_truth[box] |= rim >= 0.5
+        specs.append((k + 1, d, "ring" if ring else "nodular", round(contrast, 2)))
+    return pre.with_data(pre_d), post.with_data(post_d), truth, enh_truth, specs
+
+
+def move(volume, rng):
+    from gdlesion.registration import resample_volume, rigid_matrix
+
+    m = rigid_matrix(
+        rotation_deg=tuple(rng.uniform(-3, 3, 3)),
+        translation_mm=tuple(rng.uniform(-3, 3, 3)),
+        center_mm=tuple(volume.voxel_to_world((np.asarray(volume.shape) - 1) / 2)),
+    )
+    return resample_volume(volume, volume, m)
+
+
+# --- one study in a fresh process -------------------------------------------------------------
+
+
+def _study(case: dict) -> dict:
+    from gdlesion.io import load_volume
+    from gdlesion.pipeline import run_study
+
+    rng = np.random.default_rng(case["seed"])
+    truth = enh = None
+    specs = []
+    flair = None
+    kind = case["kind"]
+    if kind == "sim":
+        from gdlesion.simulate import simulate_study
+
+        s = simulate_study(resolution=case["res"], n_lesions=case["n"], seed=case["seed"])
+        pre, post, truth = s.pre, s.post, s.labels
+        enh = truth > 0
+        specs = [(le.lesion_id, le.diameter_mm, le.kind, le.contrast) for le in s.lesions]
+    elif kind in ("lesjak", "lesjak+ins", "lesjak+flair"):
+        folder = LESJAK / case["patient"]
+        pre = load_volume(folder / "T1.nii.gz")
+        post = load_volume(folder / "T1POST.nii.gz")
+        if kind == "lesjak+ins":
+            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng)
+            pre = move(pre, rng)
+        if kind == "lesjak+flair":
+            flair = folder / "FLAIR.nii.gz"
+    else:  # tcga atlas
+        atlas = DATA / "tcga_fg_6692" / "atlas"
+        pre = load_volume(atlas / "T1w_pre_brain.nii.gz")
+        post = load_volume(atlas / "T1w_post_gad_brain.nii.gz")
+    start = time.perf_counter()
+    result = run_study(pre, post, flair=flair)
+    elapsed = time.perf_counter() - start
+    out = {
+        "case": case["name"],
+        "time_s": elapsed,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "detections": result.lesion_count,
+        "timings": result.timings,
+        "lesions": result.lesions[
+            [
+                "lesion_id",
+                "volume_mm3",
+                "centroid_x_mm",
+                "centroid_y_mm",
+                "centroid_z_mm",
+                "max_enhancement_pct",
+                "pattern",
+            ]
+        ]
+        .round(1)
+        .to_dict("records"),
+    }
+    if kind == "tcga":
+        label4 = (
+            np.asarray(
+                load_volume(DATA / "tcga_fg_6692" / "atlas" / "tumor_labels_fused_auto.nii.gz").data
+            )
+            == 4
+        )
+        main = result.labels == 1
+        out["dice_main"] = float(2 * (main & label4).sum() / (main.sum() + label4.sum()))
+    if truth is not None:
+        out.update(score(result.labels, truth, enh, specs))
+    return out
+
+
+def score(labels, truth, enh, specs):
+    found = {}
+    for tid, diameter, _, _ in specs:
+        found[tid] = (diameter, bool((labels[truth == tid] > 0).any()))
+    grown = ndi.binary_dilation(truth > 0, iterations=1)
+    n_det = int(labels.max())
+    hit = np.zeros(n_det + 1, bool)
+    hit[np.unique(labels[grown])] = True
+    fp = int((~hit[1:]).sum())
+    det = labels > 0
+    dice = float(2 * (det & enh).sum() / max(det.sum() + enh.sum(), 1))
+    n_true = sum(1 for d, _ in found.values() if d >= 3)
+    return {
+        "found": found,
+        "fp": fp,
+        "dice": dice,
+        "count_true_ge3": n_true,
+        "count_detected": n_det,
+    }
+
+
+def elastix_rigid_seconds(patient: str) -> float:
+    try:
+        import itk
+    except ImportError:
+        return float("nan")
+    fixed = itk.imread(str(LESJAK / patient / "T1POST.nii.gz"), itk.F)
+    moving = itk.imread(str(LESJAK / patient / "T1.nii.gz"), itk.F)
+    params = itk.ParameterObject.New()
+    params.AddParameterMap(params.GetDefaultParameterMap("rigid"))
+    start = time.perf_counter()
+    itk.elastix_registration_method(fixed, moving, parameter_object=params, log_to_console=False)
+    return time.perf_counter() - start
+
+
+def _elastix(patient: str) -> float:
+    return elastix_rigid_seconds(patient)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sims", type=int, default=2, help="simulated studies per resolution")
+    ap.add_argument("--lesions", type=int, default=10, help="lesions inserted per Lesjak pair")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    patients = sorted(p.name for p in LESJAK.glob("patient*"))
+    cases = []
+    for res in ("1mm", "2d"):
+        for i in range(args.sims):
+            cases.append(
+                {
+                    "name": f"sim-{res}-{i}",
+                    "kind": "sim",
+                    "res": res,
+                    "n": 6,
+                    "seed": 1000 + args.seed + i,
+                }
+            )
+    for i, p in enumerate(patients):
+        cases.append(
+            {
+                "name": f"lesjak-{p[-2:]}+ins",
+                "kind": "lesjak+ins",
+                "patient": p,
+                "n": args.lesions,
+                "seed": 2000 + args.seed + i,
+            }
+        )
+        cases.append({"name": f"lesjak-{p[-2:]}", "kind": "lesjak", "patient": p, "seed": 0})
+        cases.append(
+            {"name": f"lesjak-{p[-2:]}+flair", "kind": "lesjak+flair", "patient": p, "seed": 0}
+        )
+    cases.append({"name": "tcga-atlas", "kind": "tcga", "seed": 0})
+    ctx = mp.get_context("spawn")
+    rows = []
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        elastix_s = pool.apply(_elastix, (patients[0],))
+        for case in cases:
+            row = pool.apply(_study, (case,))
+            rows.append(row)
+            print(
+                f"  done {row['case']}: {row['detections']} detections, {row['time_s']:.1f} s",
+                flush=True,
+            )
+    report(rows, elastix_s, patients[0])
+
+
+def report(rows, elastix_s, patient):
+    print(
+        f"\n{'case':20} {'det':>4} {'FP':>3} {'sens>=3mm':>10} {'Dice':>5} {'count t/d':>9} "
+        f"{'time s':>6} {'peak MiB':>8}"
+    )
+    by_bin = {b: [0, 0] for b in SIZE_BINS}
+    fp_scans = []
+    for r in rows:
+        sens = dice = count = fp = ""
+        if "found" in r:
+            ge3 = [f for d, f in r["found"].values() if d >= 3]
+            sens = f"{sum(ge3)}/{len(ge3)}"
+            dice = f"{r['dice']:.2f}"
+            count = f"{r['count_true_ge3']}/{r['count_detected']}"
+            fp = str(r["fp"])
+            fp_scans.append(r["fp"])
+            for d, f in r["found"].values():
+                for b in SIZE_BINS:
+                    if b[0] <= d < b[1]:
+                        by_bin[b][0] += f
+                        by_bin[b][1] += 1
+        if "dice_main" in r:
+            dice = f"{r['dice_main']:.2f}"
+        print(
+            f"{r['case']:20} {r['detections']:>4} {fp:>3} {sens:>10} {dice:>5} {count:>9} "
+            f"{r['time_s']:>6.1f} {r['peak_mib']:>8.0f}"
+        )
+    print("\nsensitivity by diameter:")
+    for b, (hit, tot) in by_bin.items():
+        if tot:
+            print(f"  {b[0]:>2}-{b[1]:<3} mm: {hit}/{tot} = {hit / tot:.2f}")
+    ge3 = [(h, t) for b, (h, t) in by_bin.items() if b[0] >= 3]
+    h, t = sum(x for x, _ in ge3), sum(y for _, y in ge3)
+    print(f"  >= 3 mm: {h}/{t} = {h / max(t, 1):.3f}")
+    print(f"false positives per scan (simulated + inserted): {np.mean(fp_scans):.2f}")
+    real = [r for r in rows if r["case"].startswith("lesjak") and "+" not in r["case"]]
+    print(f"detections per unmodified real scan: {np.mean([r['detections'] for r in real]):.2f}")
+    flair = [r for r in rows if r["case"].endswith("+flair")]
+    print(f"  ... with --flair: {np.mean([r['detections'] for r in flair]):.2f}")
+    for r in real + flair:
+        for les in r["lesions"]:
+            print(f"  {r['case']}: {les}")
+    same = next(r for r in rows if r["case"] == f"lesjak-{patient[-2:]}")
+    print(
+        f"\nelastix default rigid on {patient}: {elastix_s:.1f} s; whole run_study: "
+        f"{same['time_s']:.1f} s (ratio {same['time_s'] / elastix_s:.2f})"
+    )
+    print(f"peak memory max over studies: {max(r['peak_mib'] for r in rows):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
