@@ -16,6 +16,7 @@ from gdlesion.io import (
     atomic_path,
     ensure_writable_dir,
     from_sitk,
+    load_labels,
     load_mask,
     load_volume,
     matrix_from_sitk_transform,
@@ -283,3 +284,25 @@ def test_transform_matrix_round_trip(rng):
     back = sitk_transform_from_matrix(m)
     np.testing.assert_allclose(back.TransformPoint(tuple(p_lps)), q_lps, atol=1e-9)
     np.testing.assert_allclose(ras_to_lps(ras_to_lps(m)), m)
+
+
+def test_load_labels_accepts_empty_map_and_checks_grid(write_nifti, rng):
+    ref = Volume(_good((6, 7, 8), rng), np.eye(4), "post")
+    empty = write_nifti(np.zeros((6, 7, 8)), np.eye(4), name="lab.nii.gz", dtype=np.int16)
+    lab = load_labels(empty, reference=ref)
+    assert lab.data.dtype == np.int32 and not lab.data.any()
+    other = write_nifti(np.zeros((6, 7, 9)), np.eye(4), name="lab2.nii.gz", dtype=np.int16)
+    with pytest.raises(InputError, match=r"lab2\.nii\.gz: shape \(6, 7, 9\) differs"):
+        load_labels(other, reference=ref)
+
+
+def test_written_files_are_not_private(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "s.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -37,6 +37,7 @@ __all__ = [
     "Volume",
     "load_volume",
     "load_mask",
+    "load_labels",
     "save_volume",
     "to_sitk",
     "from_sitk",
@@ -260,6 +261,48 @@ def load_mask(path: str | os.PathLike[str], *, reference: Volume, role: str = "m
     return mask
 
 
+def load_labels(
+    path: str | os.PathLike[str], *, reference: Volume | None = None, role: str = "label map"
+) -> Volume:
+    """Load an integer label map (which, unlike a scan, may be all zero).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        NIfTI label map.
+    reference : Volume, optional
+        When given, the map must have the reference's shape (same grid).
+    role : str, optional
+        Used in messages.
+
+    Returns
+    -------
+    Volume
+        int32 labels (rounded) with the file's affine.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or a shape that differs from ``reference``.
+    """
+    path = Path(path)
+    who = _describe(role, path)
+    _check_file(path, who)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{who}: not a readable NIfTI image ({_short(exc)})") from None
+    if data.ndim > 3 and np.prod(data.shape[3:]) == 1:
+        data = data.reshape(data.shape[:3])
+    if data.ndim != 3:
+        raise InputError(f"{who}: label map is {data.ndim}-D {data.shape}; expected 3-D")
+    if reference is not None and data.shape != reference.shape:
+        raise InputError(f"{who}: shape {data.shape} differs from the post scan {reference.shape}")
+    labels = np.rint(np.nan_to_num(np.asarray(data, dtype=np.float64))).astype(np.int32)
+    return Volume(labels, np.asarray(img.affine, dtype=np.float64), path.name)
+
+
 def save_volume(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -313,6 +356,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the final file the usual permissions (0666 minus umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)

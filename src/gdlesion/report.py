@@ -124,24 +124,10 @@ def _read_table(path: Path, *, sep: str = ",") -> pd.DataFrame:
 
 
 def _load_labels(path: Path, post: Volume) -> np.ndarray | None:
-    """Read an integer label map or mask on the post grid (may be all zero); ``None`` if absent.
-
-    :func:`gdlesion.io.load_volume` refuses constant images, which an empty label map is.
-    """
-    import zlib
-
-    import nibabel as nib
-
+    """Read an integer label map or mask on the post grid (may be all zero); ``None`` if absent."""
     if not path.is_file():
         return None
-    try:
-        data = np.asarray(nib.load(str(path)).dataobj)
-    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: not a readable NIfTI image ({exc})") from None
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 else data
-    if data.shape != post.shape:
-        raise InputError(f"{path}: shape {data.shape} differs from the post scan {post.shape}")
-    return np.rint(data).astype(np.int32)
+    return io.load_labels(path, reference=post).data
 
 
 def load_inspect_view(

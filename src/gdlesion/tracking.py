@@ -20,16 +20,13 @@ the raw counts. :func:`track_lesions` is the pure core (arrays + matrices);
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import Volume, load_volume
+from .io import Volume, load_labels, load_volume
 from .registration import register_rigid, resample_volume
 
 __all__ = ["TRACK_COLUMNS", "match_lesions", "track_lesions", "per_visit", "track_from_files",
@@ -178,17 +175,6 @@ def label_map_path(derivatives: str | os.PathLike[str], subject: str, session: s
     return found[0] if found else None
 
 
-def _load_labels(path: Path) -> Volume:
-    """Read an integer label map (may be all zero, unlike a scan)."""
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"label map {path}: not a readable NIfTI image ({exc})") from None
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 else data
-    return Volume(np.rint(data).astype(np.int32), img.affine, path.name)
-
-
 def track_from_files(
     visits: pd.DataFrame,
     derivatives: str | os.PathLike[str],
@@ -238,7 +224,7 @@ def track_from_files(
                 warnings.append(f"sub-{subject} ses-{session}: no lesion label map; not tracked")
                 continue
             sessions.append(session)
-            maps.append(_load_labels(path))
+            maps.append(load_labels(path))
             scans.append(posts.get((subject, session)))
         matrices: list[np.ndarray | None] = [None]
         for t in range(1, len(maps)):
