@@ -26,6 +26,7 @@ lesion that overlaps no truth lesion (dilated by one voxel). Dice is voxel-wise 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import time
@@ -75,8 +76,8 @@ def insert_lesions(pre, post, n, rng):
         grid = np.stack(
             np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
         ).astype(float)
-        pts = grid[..., None, :] + np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1)
-        pts = pts.reshape(*grid.shape[:3], 27, 3)
+        off = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(27, 3)
+        pts = grid[..., None, :] + off
         dist = np.linalg.norm(pts - c, axis=-1)
         whole = (dist <= r).mean(-1)
         rim = (
@@ -250,8 +251,14 @@ def main() -> None:
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         elastix_s = pool.apply(_elastix, (patients[0],))
         for case in cases:
-            row = pool.apply(_study, (case,))
+            try:
+                row = pool.apply(_study, (case,))
+            except Exception as exc:  # a failed study is reported, the benchmark goes on
+                print(f"  FAILED {case['name']}: {type(exc).__name__}: {exc}", flush=True)
+                continue
             rows.append(row)
+            with open("/tmp/gdlesion_detection_rows.json", "w") as fh:
+                json.dump(rows, fh, default=str)
             print(
                 f"  done {row['case']}: {row['detections']} detections, {row['time_s']:.1f} s",
                 flush=True,

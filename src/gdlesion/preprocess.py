@@ -68,6 +68,7 @@ def estimate_brain_mask(
     *,
     opening_mm: float = 5.0,
     full_head_opening_mm: float = 7.0,
+    central_radius_mm: float = 25.0,
     min_volume_ml: float = 20.0,
     name: str = "post scan",
 ) -> np.ndarray:
@@ -94,6 +95,10 @@ def estimate_brain_mask(
         Radius used instead when the image is not skull-stripped (less than 30 %
         of its voxels are zero): the scalp touches the brain through thin dark
         skull, and 7 mm separates them on 1 mm and 5.5 mm-slice scans alike.
+    central_radius_mm : float, optional
+        Full-head input: radius of the sphere around the head's centre of mass
+        whose intensities define brain; voxels more than 10 % brighter than its
+        99th percentile (fat) are not brain.
     min_volume_ml : float, optional
         A mask smaller than this (inclusive lower bound) means "no brain".
     name : str, optional
@@ -116,17 +121,22 @@ def estimate_brain_mask(
         tissue = ~near_zero
         del near_zero
     else:
-        # full head: Otsu separates air from head; the brightest of three classes inside
-        # the head (scalp and marrow fat) is cut away, and the opening below then
-        # detaches the brain from the scalp across the dark skull
+        # full head: Otsu separates air from head. Voxels brighter than anything at the
+        # head's centre (which is brain in any head) are scalp and marrow fat: they are
+        # cut away, and the opening below then detaches the brain from the scalp across
+        # the dark skull.
         del near_zero
         smooth = ndi.gaussian_filter(data, sigma=0.7 / zooms)
         step = tuple(max(1, s // 80) for s in data.shape)
         sample = smooth[:: step[0], :: step[1], :: step[2]].ravel()
-        air = threshold_otsu(sample)
-        fat = threshold_multiotsu(sample[sample > air], classes=3)[1]
-        tissue = (smooth > air) & (smooth < fat)
-        del smooth
+        head = smooth > threshold_otsu(sample)
+        centre = np.asarray(ndi.center_of_mass(head))
+        grid = np.ogrid[tuple(slice(0, n) for n in data.shape)]
+        dist2 = sum(((g - c) * z) ** 2 for g, c, z in zip(grid, centre, zooms, strict=True))
+        central = head & (dist2 <= central_radius_mm**2)
+        ceiling = 1.1 * float(np.percentile(smooth[central], 99)) if central.any() else np.inf
+        tissue = head & (smooth <= ceiling)
+        del smooth, head, central, dist2
         opening_mm = max(opening_mm, full_head_opening_mm)
     # the opening runs on a grid of about 2 mm voxels: a 5 mm radius does not need more
     f = tuple(max(1, int(2.0 // z)) for z in zooms)
