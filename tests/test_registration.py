@@ -258,3 +258,18 @@ def test_tcga_native_thick_slice_pair(tcga_dir):
     level = np.percentile(pre.data, 60)
     before = dice(pre.data > level, post_head)
     assert dice(result.registered.data > level, post_head) > before + 0.02
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_simulated_head_overlap_is_measured_on_the_whole_head(seed):
+    """Regression: Otsu on a pre scan with dark skull picked the brain only (overlap ~42%)."""
+    from gdlesion.simulate import simulate_study
+
+    study = simulate_study(resolution="1mm", voxel_size=3.0, n_lesions=1, seed=seed,
+                           subject_seed=seed + 100)
+    result = register_rigid(study.pre, study.post)
+    assert result.overlap_fraction > 0.9
+    x = study.post.voxel_to_world(np.argwhere(study.post.data > np.percentile(study.post.data, 60)))
+    xh = np.c_[x, np.ones(len(x))]
+    err = np.linalg.norm((xh @ (result.matrix_ras - study.matrix_ras).T)[:, :3], axis=1)
+    assert err.max() < 1.0

@@ -340,7 +340,10 @@ def _head_mask(image: sitk.Image) -> np.ndarray:
     values = arr[:: max(1, arr.shape[0] // 16)].ravel()
     if values.min() == values.max():
         return np.zeros(arr.shape, dtype=bool)
-    fg = arr > threshold_otsu(values)
+    # Otsu alone may split tissue classes instead of head/air on T1 scans whose skull and CSF
+    # are dark (the largest component is then the brain only); 10% of the 99th percentile is
+    # above air noise on every scan we have seen, so take whichever threshold is lower.
+    fg = arr > min(threshold_otsu(values), 0.1 * float(np.percentile(values, 99)))
     labels, n = ndimage.label(fg)
     if n > 1:
         sizes = np.bincount(labels.ravel())
