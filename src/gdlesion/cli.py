@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -287,9 +288,18 @@ def batch_command(
     no_report: bool = typer.Option(
         False, "--no-report", help="Skip the QC pages (OUTPUT/report.html and one per session)."
     ),
+    clinical: str = typer.Option(
+        None, "--clinical", help="Clinical visits table: chain the longitudinal analysis into "
+        "OUTPUT/longitudinal (automatic when a BIDS INPUT's sessions.tsv holds EDSS/relapses/"
+        "treatment columns)."
+    ),
+    no_longitudinal: bool = typer.Option(
+        False, "--no-longitudinal", help="Do not chain the longitudinal analysis."
+    ),
 ) -> None:
     """Process every session of a study; rerun to resume (exit 3 if a session failed)."""
     from .batch import run_batch
+    from .clinical import has_clinical_columns
     from .params import load_params
 
     options: dict = {"layout": layout}
@@ -323,8 +333,25 @@ def batch_command(
         f"tables: {result.counts_path}, {result.lesions_path}",
         highlight=False, soft_wrap=True, markup=False,
     )
+    if clinical is None and Path(input_path).is_dir() and has_clinical_columns(input_path):
+        clinical = input_path
+    if clinical is not None and not no_longitudinal:
+        _chain_longitudinal(result.counts_path, clinical, output, input_path)
     if result.n_failed:
         raise typer.Exit(EXIT_SESSIONS_FAILED)
+
+
+def _chain_longitudinal(counts: Path, clinical: str, output: str, input_path: str) -> None:
+    """Run the longitudinal analysis on a finished batch (its folder is rebuilt every run)."""
+    from .longitudinal import run_longitudinal
+
+    raw = input_path if Path(input_path).is_dir() else None
+    with user_errors():
+        res = run_longitudinal(counts, clinical, out_dir=Path(output) / "longitudinal",
+                               derivatives=output, raw=raw, overwrite=True)
+    console.print(res.summary_text(), highlight=False, soft_wrap=True, markup=False)
+    console.print(f"longitudinal analysis: {Path(output) / 'longitudinal'}", highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 # --- longitudinal ---------------------------------------------------------------------
