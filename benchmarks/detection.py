@@ -7,7 +7,8 @@ Run from the repository root (needs ../shared/data; elastix from the ``benchmark
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
 * ``sim-1mm-*`` / ``sim-2d-*``: ``gdlesion.simulate.simulate_study`` (full heads, moved pre scan,
-  veins, sinuses, choroid plexus, dura), 1 mm 3-D and 0.9x0.9x5.5 mm 2-D.
+  veins, sinuses, choroid plexus, dura), 1 mm 3-D (default pipeline) and 0.9x0.9x5.5 mm 2-D
+  (``--pipeline clinical-2d``).
 * ``lesjak-pNN+ins``: the real Lesjak pair with ``--lesions`` synthetic lesions inserted in deep
   white matter (nodular and ring, 2-14 mm, enhancement 20-60 % of white matter, partial volume by
   3x3x3 supersampling, slightly T1-hypointense on both scans) and the pre scan moved by a random
@@ -29,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,12 +119,14 @@ def _study(case: dict) -> dict:
     flair = None
     kind = case["kind"]
     if kind == "sim":
-        from gdlesion.simulate import simulate_study
+        from gdlesion.io import Volume
 
-        s = simulate_study(resolution=case["res"], n_lesions=case["n"], seed=case["seed"])
-        pre, post, truth = s.pre, s.post, s.labels
+        with np.load(case["npz"], allow_pickle=False) as z:
+            pre = Volume(z["pre"], z["pre_affine"], "pre")
+            post = Volume(z["post"], z["post_affine"], "post")
+            truth = z["labels"]
+            specs = [tuple(row) for row in z["specs"].tolist()]
         enh = truth > 0
-        specs = [(le.lesion_id, le.diameter_mm, le.kind, le.contrast) for le in s.lesions]
     elif kind in ("lesjak", "lesjak+ins", "lesjak+flair"):
         folder = LESJAK / case["patient"]
         pre = load_volume(folder / "T1.nii.gz")
@@ -137,7 +141,7 @@ def _study(case: dict) -> dict:
         pre = load_volume(atlas / "T1w_pre_brain.nii.gz")
         post = load_volume(atlas / "T1w_post_gad_brain.nii.gz")
     start = time.perf_counter()
-    result = run_study(pre, post, flair=flair)
+    result = run_study(pre, post, flair=flair, params=case.get("pipeline"))
     elapsed = time.perf_counter() - start
     out = {
         "case": case["name"],
@@ -173,10 +177,20 @@ def _study(case: dict) -> dict:
     return out
 
 
+def _simulate(case: dict) -> None:
+    """Simulate in its own process (the simulator's memory is not the pipeline's)."""
+    from gdlesion.simulate import simulate_study
+
+    s = simulate_study(resolution=case["res"], n_lesions=case["n"], seed=case["seed"])
+    specs = np.array([(le.lesion_id, le.diameter_mm, 0, le.contrast) for le in s.lesions])
+    np.savez(case["npz"], pre=s.pre.data, pre_affine=s.pre.affine, post=s.post.data,
+             post_affine=s.post.affine, labels=s.labels, specs=specs)
+
+
 def score(labels, truth, enh, specs):
     found = {}
     for tid, diameter, _, _ in specs:
-        found[tid] = (diameter, bool((labels[truth == tid] > 0).any()))
+        found[int(tid)] = (float(diameter), bool((labels[truth == int(tid)] > 0).any()))
     grown = ndi.binary_dilation(truth > 0, iterations=1)
     n_det = int(labels.max())
     hit = np.zeros(n_det + 1, bool)
@@ -218,7 +232,7 @@ def main() -> None:
     ap.add_argument("--lesions", type=int, default=10, help="lesions inserted per Lesjak pair")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    patients = sorted(p.name for p in LESJAK.glob("patient*"))
+    patients = sorted(p.name for p in LESJAK.glob("patient*") if p.is_dir())
     cases = []
     for res in ("1mm", "2d"):
         for i in range(args.sims):
@@ -229,6 +243,7 @@ def main() -> None:
                     "res": res,
                     "n": 6,
                     "seed": 1000 + args.seed + i,
+                    "pipeline": "clinical-2d" if res == "2d" else None,
                 }
             )
     for i, p in enumerate(patients):
@@ -247,10 +262,14 @@ def main() -> None:
         )
     cases.append({"name": "tcga-atlas", "kind": "tcga", "seed": 0})
     ctx = mp.get_context("spawn")
+    tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         elastix_s = pool.apply(_elastix, (patients[0],))
         for case in cases:
+            if case["kind"] == "sim":
+                case["npz"] = f"{tmp}/{case['name']}.npz"
+                pool.apply(_simulate, (case,))
             try:
                 row = pool.apply(_study, (case,))
             except Exception as exc:  # a failed study is reported, the benchmark goes on

@@ -213,3 +213,14 @@ def test_real_tumour_is_one_main_lesion(tcga_dir):
     main = result.labels == 1  # largest lesion
     dice = 2 * (main & truth).sum() / (main.sum() + truth.sum())
     assert dice >= 0.6
+
+
+def test_flair_rejects_candidates_without_flair_lesion(planted):
+    pre, post, truth, _ = planted
+    flair = np.where(post.data > 0, 500.0, 0.0).astype(np.float32)
+    flair[truth == 1] = 900.0  # only lesion 1 sits in a FLAIR lesion
+    flair += np.random.default_rng(3).normal(0, 5, flair.shape).astype(np.float32) * (flair > 0)
+    result = run_study(pre, post, flair=Volume(flair, post.affine, "flair.nii.gz"))
+    assert result.lesion_count == 1
+    assert (result.labels[truth == 1] > 0).any()
+    assert "no_flair_lesion" in set(result.rejected["reason"])

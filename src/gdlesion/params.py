@@ -42,6 +42,14 @@ class DetectionParams:
         Growing level: the candidate is the 26-connected region of
         ``z >= low_threshold`` around its seeds (3 noise units ~ the 0.1 %
         tail, which traces the lesion border without leaking into noise).
+    min_extent_resels : float
+        A region of ``z >= low_threshold`` at least this large is a candidate
+        even without a seed: faint but extended enhancement (a large lesion
+        enhancing by a few noise units) is not noise, whose clusters above the
+        growing level are about one resolution element. The unit is the
+        resel, the product over axes of ``max(FWHM of the smoothing, voxel
+        edge)``: 8 resels are 53 mm3 (a 4.7 mm sphere) at 1 mm and 156 mm3 on
+        0.9x0.9x5.5 mm slices.
     misregistration_mm : float
         Residual misalignment allowed at edges (mm): the noise at a voxel is
         ``sqrt(sigma**2 + (misregistration_mm * |grad pre|)**2)``. 0.5 mm is
@@ -104,6 +112,7 @@ class DetectionParams:
     smoothing_mm: float = 0.8
     high_threshold: float = 6.0
     low_threshold: float = 3.0
+    min_extent_resels: float = 8.0
     misregistration_mm: float = 0.5
     boundary_fraction: float = 0.5
     min_volume_mm3: float = 10.0

@@ -56,6 +56,25 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
+#: Semi-axes (mm, world R-L, A-P, S-I) of the region around the brain's centre kept in a
+#: full-head scan: an adult brain is at most ~150 x 200 x 140 mm, with margin.
+BRAIN_SEMI_AXES_MM = (80.0, 105.0, 80.0)
+
+
+def _within_ellipsoid(
+    shape: tuple[int, ...], centre: tuple, zooms: np.ndarray, affine: np.ndarray, semi: tuple
+) -> np.ndarray:
+    """Voxels of a (strided) grid within a world-axis-aligned ellipsoid around ``centre``."""
+    rot = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # voxel axes -> world
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    offs = [(g - c) * z for g, c, z in zip(grid, centre, zooms, strict=True)]  # mm along axes
+    total = np.zeros(shape, dtype=np.float32)
+    for w in range(3):
+        world = offs[0] * rot[w, 0] + offs[1] * rot[w, 1] + offs[2] * rot[w, 2]
+        total += (world / semi[w]) ** 2
+    return total <= 1.0
+
+
 def _slice_axis(affine: np.ndarray) -> int:
     """Voxel axis closest to the world superior-inferior direction (the 'axial' slicing axis)."""
     directions = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -98,7 +117,8 @@ def estimate_brain_mask(
     central_radius_mm : float, optional
         Full-head input: radius of the sphere around the head's centre of mass
         whose intensities define brain; voxels more than 10 % brighter than its
-        99th percentile (fat) are not brain.
+        99th percentile (fat) or darker than its CSF|grey-matter level (three-class
+        Otsu: skull, CSF) are not brain tissue.
     min_volume_ml : float, optional
         A mask smaller than this (inclusive lower bound) means "no brain".
     name : str, optional
@@ -120,6 +140,7 @@ def estimate_brain_mask(
         # skull-stripped or masked input: everything above the zero background is tissue
         tissue = ~near_zero
         del near_zero
+        full_head = False
     else:
         # full head: Otsu separates air from head. Voxels brighter than anything at the
         # head's centre (which is brain in any head) are scalp and marrow fat: they are
@@ -134,16 +155,30 @@ def estimate_brain_mask(
         grid = np.ogrid[tuple(slice(0, n) for n in data.shape)]
         dist2 = sum(((g - c) * z) ** 2 for g, c, z in zip(grid, centre, zooms, strict=True))
         central = head & (dist2 <= central_radius_mm**2)
-        ceiling = 1.1 * float(np.percentile(smooth[central], 99)) if central.any() else np.inf
-        tissue = head & (smooth <= ceiling)
+        ceiling, floor = np.inf, -np.inf
+        if np.count_nonzero(central) > 100:
+            values = smooth[central]
+            ceiling = 1.1 * float(np.percentile(values, 99))
+            # CSF|grey-matter level of the brain's centre: the dark skull and CSF ring,
+            # partial volume included, falls below it and separates scalp from brain
+            floor = float(threshold_multiotsu(values, classes=3)[0])
+        tissue = head & (smooth <= ceiling) & (smooth >= floor)
         del smooth, head, central, dist2
         opening_mm = max(opening_mm, full_head_opening_mm)
+        full_head = True
     # the opening runs on a grid of about 2 mm voxels: a 5 mm radius does not need more
     f = tuple(max(1, int(2.0 // z)) for z in zooms)
     small = tissue[:: f[0], :: f[1], :: f[2]]
     small_zooms = zooms * np.asarray(f)
-    core = ndi.distance_transform_edt(small, sampling=small_zooms) > opening_mm
-    core = _largest_component(core)
+    depth = ndi.distance_transform_edt(small, sampling=small_zooms)
+    core = _largest_component(depth > opening_mm)
+    if full_head and core.any():
+        # the brain's centre is its thickest point; a full head's tissue also runs down
+        # the neck and into the face, which lie outside a brain-sized ellipsoid around it
+        centre = np.unravel_index(int(np.argmax(np.where(core, depth, 0))), core.shape)
+        core &= _within_ellipsoid(core.shape, centre, small_zooms, affine, BRAIN_SEMI_AXES_MM)
+        core = _largest_component(core)
+    del depth
     if not core.any():
         raise SegmentationError(
             f"{name}: no brain found (no tissue thicker than {2 * opening_mm:g} mm)"

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["save_qc_png", "MAX_PANELS"]
 
-#: Most lesions shown; larger lesions first (lesion ids are sorted by volume).
-MAX_PANELS = 24
+#: Most lesions shown (largest first; ids are sorted by volume); the rest are listed in lesions.csv.
+MAX_PANELS = 48
 
 
 def _axial_axis(affine: np.ndarray) -> int:

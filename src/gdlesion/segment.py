@@ -101,14 +101,27 @@ def enhancement_map(
 
 
 def hysteresis_components(
-    z: np.ndarray, mask: np.ndarray, *, low: float, high: float
+    z: np.ndarray,
+    mask: np.ndarray,
+    *,
+    low: float,
+    high: float,
+    min_extent_voxels: int | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Return 26-connected components of ``z >= low`` in ``mask`` holding a voxel ``z >= high``."""
+    """Return 26-connected components of ``z >= low`` inside ``mask`` that are significant.
+
+    A component is kept when it holds a voxel ``z >= high`` (a strong peak) or,
+    if ``min_extent_voxels`` is given, when it has at least that many voxels
+    (a weak but extended enhancement: clusters of noise above the growing
+    level are only a few voxels, the size of the smoothing kernel).
+    """
     lab, n = ndi.label((z >= low) & mask, structure=CONNECTIVITY)
     if n == 0:
         return lab.astype(np.int32), 0
     seeded = np.zeros(n + 1, dtype=bool)
     seeded[np.unique(lab[(z >= high) & (lab > 0)])] = True
+    if min_extent_voxels is not None:
+        seeded |= np.bincount(lab.ravel(), minlength=n + 1) >= min_extent_voxels
     seeded[0] = False
     keep = seeded[lab]
     return relabel_sequential(np.where(keep, lab, 0))
@@ -234,10 +247,15 @@ def find_candidates(
     tuple
         ``(labels, n)``: int32 candidate map ``0..n`` (no size or shape rule applied yet).
     """
-    labels, n = hysteresis_components(z, mask, low=params.low_threshold, high=params.high_threshold)
+    voxel_mm3 = float(np.prod(zooms))
+    # resolution element: the smoothing kernel's FWHM or the voxel, whichever is larger
+    resel = float(np.prod(np.maximum(2.3548 * params.smoothing_mm, zooms)))
+    labels, n = hysteresis_components(
+        z, mask, low=params.low_threshold, high=params.high_threshold,
+        min_extent_voxels=max(1, int(np.ceil(params.min_extent_resels * resel / voxel_mm3 - 1e-9))),
+    )
     if n == 0:
         return labels, 0
-    voxel_mm3 = float(np.prod(zooms))
     min_voxels = max(1, int(np.ceil(params.min_volume_mm3 / voxel_mm3 - 1e-9)))
     labels, n = split_touching(
         z, labels, saddle_ratio=params.split_saddle_ratio, min_voxels=min_voxels
