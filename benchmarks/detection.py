@@ -231,6 +231,7 @@ def main() -> None:
     ap.add_argument("--sims", type=int, default=2, help="simulated studies per resolution")
     ap.add_argument("--lesions", type=int, default=10, help="lesions inserted per Lesjak pair")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cases", default="", help="only cases whose name starts with this")
     args = ap.parse_args()
     patients = sorted(p.name for p in LESJAK.glob("patient*") if p.is_dir())
     cases = []
@@ -261,6 +262,7 @@ def main() -> None:
             {"name": f"lesjak-{p[-2:]}+flair", "kind": "lesjak+flair", "patient": p, "seed": 0}
         )
     cases.append({"name": "tcga-atlas", "kind": "tcga", "seed": 0})
+    cases = [c for c in cases if c["name"].startswith(args.cases)]
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []

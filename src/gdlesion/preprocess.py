@@ -117,8 +117,7 @@ def estimate_brain_mask(
     central_radius_mm : float, optional
         Full-head input: radius of the sphere around the head's centre of mass
         whose intensities define brain; voxels more than 10 % brighter than its
-        99th percentile (fat) or darker than halfway between air and its
-        CSF|tissue level (three-class Otsu) (skull) are not brain tissue.
+        99th percentile (scalp and marrow fat) are not brain tissue.
     min_volume_ml : float, optional
         A mask smaller than this (inclusive lower bound) means "no brain".
     name : str, optional
@@ -150,21 +149,15 @@ def estimate_brain_mask(
         smooth = ndi.gaussian_filter(data, sigma=0.7 / zooms)
         step = tuple(max(1, s // 80) for s in data.shape)
         sample = smooth[:: step[0], :: step[1], :: step[2]].ravel()
-        air = threshold_otsu(sample)
-        head = smooth > air
+        head = smooth > threshold_otsu(sample)
         centre = np.asarray(ndi.center_of_mass(head))
         grid = np.ogrid[tuple(slice(0, n) for n in data.shape)]
         dist2 = sum(((g - c) * z) ** 2 for g, c, z in zip(grid, centre, zooms, strict=True))
         central = head & (dist2 <= central_radius_mm**2)
-        ceiling, floor = np.inf, -np.inf
+        ceiling = np.inf
         if np.count_nonzero(central) > 100:
-            values = smooth[central]
-            ceiling = 1.1 * float(np.percentile(values, 99))
-            # halfway between air and the CSF|tissue level of the brain's centre: the
-            # dark skull (and most of the CSF ring) falls below it and separates scalp
-            # from brain, while grey matter stays above it
-            floor = 0.5 * (air + float(threshold_multiotsu(values, classes=3)[0]))
-        tissue = head & (smooth <= ceiling) & (smooth >= floor)
+            ceiling = 1.1 * float(np.percentile(smooth[central], 99))
+        tissue = head & (smooth <= ceiling)
         del smooth, head, central, dist2
         opening_mm = max(opening_mm, full_head_opening_mm)
         full_head = True
