@@ -242,18 +242,9 @@ def load_mask(path: str | os.PathLike[str], *, reference: Volume, role: str = "m
     InputError
         Unreadable file, different grid, or an empty mask.
     """
-    path = Path(path)
-    who = _describe(role, path)
-    _check_file(path, who)
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{who}: not a readable NIfTI image ({_short(exc)})") from None
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 and np.prod(data.shape[3:]) == 1 else data
-    if data.shape != reference.shape:
-        raise InputError(f"{who}: shape {data.shape} differs from the post scan {reference.shape}")
-    if not np.allclose(img.affine, reference.affine, atol=1e-3):
+    who = _describe(role, Path(path))
+    data, affine = _read_grid_map(path, who, reference)
+    if not np.allclose(affine, reference.affine, atol=1e-3):
         raise InputError(f"{who}: affine differs from the post scan's; resample it onto that grid")
     mask = np.nan_to_num(np.asarray(data, dtype=np.float32)) > 0
     if not mask.any():
@@ -286,7 +277,16 @@ def load_labels(
         Missing or unreadable file, or a shape that differs from ``reference``.
     """
     path = Path(path)
-    who = _describe(role, path)
+    data, affine = _read_grid_map(path, _describe(role, path), reference)
+    labels = np.rint(np.nan_to_num(np.asarray(data, dtype=np.float64))).astype(np.int32)
+    return Volume(labels, affine, path.name)
+
+
+def _read_grid_map(
+    path: str | os.PathLike[str], who: str, reference: Volume | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a mask/label map's raw 3-D array and affine; check the shape against ``reference``."""
+    path = Path(path)
     _check_file(path, who)
     try:
         img = nib.load(str(path))
@@ -296,11 +296,10 @@ def load_labels(
     if data.ndim > 3 and np.prod(data.shape[3:]) == 1:
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
-        raise InputError(f"{who}: label map is {data.ndim}-D {data.shape}; expected 3-D")
+        raise InputError(f"{who}: image is {data.ndim}-D {data.shape}; expected 3-D")
     if reference is not None and data.shape != reference.shape:
         raise InputError(f"{who}: shape {data.shape} differs from the post scan {reference.shape}")
-    labels = np.rint(np.nan_to_num(np.asarray(data, dtype=np.float64))).astype(np.int32)
-    return Volume(labels, np.asarray(img.affine, dtype=np.float64), path.name)
+    return data, np.asarray(img.affine, dtype=np.float64)
 
 
 def save_volume(
