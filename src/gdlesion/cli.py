@@ -154,16 +154,24 @@ _STAGE_LABELS = {
 @app.command("inspect")
 def inspect_command(
     pre: str = typer.Argument(..., metavar="PRE", help="Pre-contrast T1 (NIfTI)."),
-    post: str = typer.Argument(..., metavar="POST", help="Post-gadolinium T1 (NIfTI); output grid."),
-    out: str = typer.Option(None, "--out", help="Write label maps, tables, summary and qc.png here."),
-    flair: str = typer.Option(None, "--flair", help="FLAIR scan: reject candidates without FLAIR lesion."),
+    post: str = typer.Argument(
+        ..., metavar="POST", help="Post-gadolinium T1 (NIfTI); output grid."
+    ),
+    out: str = typer.Option(
+        None, "--out", help="Write label maps, tables, summary and qc.png here."
+    ),
+    flair: str = typer.Option(
+        None, "--flair", help="FLAIR scan: reject candidates without a FLAIR lesion."
+    ),
     brain_mask: str = typer.Option(None, "--brain-mask", help="Brain mask on the post grid."),
     pipeline: str = typer.Option(
-        None, "--pipeline", help="Preset name (default, clinical-2d, high-sensitivity) or JSON file."
+        None, "--pipeline", help="Preset (default, clinical-2d, high-sensitivity) or JSON file."
     ),
     high: float = typer.Option(None, "--high-threshold", help="Seed level (noise units)."),
     low: float = typer.Option(None, "--low-threshold", help="Growing level (noise units)."),
-    min_volume: float = typer.Option(None, "--min-volume", help="Smallest lesion, mm3 (inclusive)."),
+    min_volume: float = typer.Option(
+        None, "--min-volume", help="Smallest lesion, mm3 (inclusive)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow a non-empty --out folder."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the QC page report.html."),
 ) -> None:
@@ -190,16 +198,20 @@ def inspect_command(
             task = bar.add_task("starting", total=None)
             result = run_study(
                 pre, post, flair=flair, brain_mask=brain_mask, params=params,
-                progress=lambda stage: bar.update(task, description=_STAGE_LABELS.get(stage, stage)),
+                progress=lambda stage: bar.update(
+                    task, description=_STAGE_LABELS.get(stage, stage)
+                ),
             )
         for message in result.warnings:
             err_console.print(Text.assemble(("warning: ", "bold yellow"), message), soft_wrap=True)
         reg = result.registration
         console.print(
             Text(
-                f"{result.lesion_count} enhancing lesion(s), total {result.total_volume_mm3:.1f} mm3 "
+                f"{result.lesion_count} enhancing lesion(s), "
+                f"total {result.total_volume_mm3:.1f} mm3 "
                 f"({len(result.rejected)} candidate(s) rejected as normal enhancement)\n"
-                f"registration: correlation {reg.similarity_before:.3f} -> {reg.similarity_after:.3f}, "
+                f"registration: correlation {reg.similarity_before:.3f} -> "
+                f"{reg.similarity_after:.3f}, "
                 f"overlap {reg.overlap_fraction:.0%}, "
                 f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm"
             )
@@ -212,8 +224,12 @@ def inspect_command(
             for row in result.lesions.itertuples(index=False):
                 table.add_row(
                     str(row.lesion_id), str(row.n_voxels), f"{row.volume_mm3:.1f}",
-                    f"{row.centroid_x_mm:.1f}", f"{row.centroid_y_mm:.1f}", f"{row.centroid_z_mm:.1f}",
-                    f"{row.max_enhancement_pct:.0f}", row.pattern, f"{row.distance_to_surface_mm:.1f}",
+                    f"{row.centroid_x_mm:.1f}",
+                    f"{row.centroid_y_mm:.1f}",
+                    f"{row.centroid_z_mm:.1f}",
+                    f"{row.max_enhancement_pct:.0f}",
+                    row.pattern,
+                    f"{row.distance_to_surface_mm:.1f}",
                 )
             console.print(table)
         if out is not None:
