@@ -14,6 +14,9 @@ from .errors import (
     SegmentationError,
 )
 from .io import Volume, load_volume, save_volume
+from .params import DetectionParams, load_params
+from .pipeline import StudyResult, run_study, write_study_outputs
+from .registration import RegistrationResult, register_rigid
 
 try:
     __version__ = version("gdlesion")
@@ -32,4 +35,15 @@ __all__ = [
     "Volume",
     "load_volume",
     "save_volume",
+    "DetectionParams",
+    "load_params",
+    "StudyResult",
+    "run_study",
+    "write_study_outputs",
+    "RegistrationResult",
+    "register_rigid",
 ]
+
+# Heavier entry points (batch, longitudinal, simulate, report) are imported from their modules:
+# gdlesion.batch.run_batch, gdlesion.longitudinal.run_longitudinal,
+# gdlesion.simulate.simulate_study, gdlesion.report.rebuild_reports.
