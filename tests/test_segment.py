@@ -73,6 +73,7 @@ def _table(**values):
         flair_z=np.nan,
         thickness_mm=4.0,
         compactness=2.0,
+        blob_ratio=0.8,
         pattern="nodular",
     )
     row.update(values)
@@ -90,6 +91,10 @@ def _table(**values):
         ({"thickness_mm": 5.0, "compactness": 6.0}, "vessel"),
         ({"thickness_mm": 5.1, "compactness": 6.0}, ""),
         ({"thickness_mm": 5.0, "compactness": 6.0, "pattern": "ring"}, ""),
+        ({"blob_ratio": 0.3}, "vessel"),
+        ({"blob_ratio": 0.31}, ""),
+        ({"blob_ratio": 0.3, "pattern": "ring"}, ""),
+        ({"blob_ratio": np.nan}, ""),
         ({"edge_fraction": 0.5}, "brain_edge"),
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),

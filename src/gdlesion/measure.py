@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .anatomy import Context
+from .blob import label_peaks, peak_blob_ratio
 
 __all__ = ["LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION"]
 
@@ -39,6 +40,7 @@ LESION_COLUMNS = [
     "length_mm",
     "thickness_mm",
     "compactness",
+    "blob_ratio",
     "distance_to_surface_mm",
     "edge_fraction",
     "ventricle_fraction",
@@ -167,6 +169,7 @@ def lesion_features(
     zooms = np.sqrt((lin**2).sum(axis=0))
     volume = count * abs(np.linalg.det(lin))
     ring, thickness = _per_lesion_shape(labels, n, zooms)
+    blob_ratio, _ = peak_blob_ratio(residual, label_peaks(z, labels, n)[1], zooms)
     table = pd.DataFrame(
         {
             "lesion_id": np.arange(1, n + 1, dtype=np.int64),
@@ -190,6 +193,7 @@ def lesion_features(
             "length_mm": length,
             "thickness_mm": thickness,
             "compactness": volume / (np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3),
+            "blob_ratio": blob_ratio,
             "distance_to_surface_mm": np.asarray(
                 ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
             ),

@@ -31,7 +31,8 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
     Rejected when (a) ``elongation >= vessel_elongation`` and ``length_mm >=
     vessel_min_length_mm``, or (b) ``thickness_mm <= vessel_max_thickness_mm``
-    and ``compactness >= vessel_min_compactness`` and the pattern is not ring.
+    and ``compactness >= vessel_min_compactness`` and the pattern is not ring,
+    or (c) ``blob_ratio <= vessel_max_blob_ratio`` and the pattern is not ring.
 
     (a) Veins and flow artefacts are tubes whose longest principal axis is
     several times the second; an enhancing MS lesion is a nodule or an ovoid
@@ -44,6 +45,12 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     calibre of cortical and deep veins) holding at least 6 such balls is a
     tube or a vascular tree. Ring lesions are thin shells by nature and are
     exempt.
+    (c) Where the whole-object moments are too coarse (short or curved
+    vessels, enhancing edges), the local shape at the enhancement peak decides:
+    ``blob_ratio`` (:func:`gdlesion.blob.peak_blob_ratio`) is 1 for a ball,
+    0.4 for a 2:1 ovoid and near 0 for a tube or a plate; 0.3 sits halfway
+    between a 2:1 ovoid lesion and a 3:1 tube. Rings are exempt (a ring's peak
+    is on its curved rim); NaN (thick slices) and a threshold of 0 skip it.
     """
     straight = (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
     branching = (
@@ -51,7 +58,14 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
         & (t["compactness"] >= p.vessel_min_compactness)
         & (t["pattern"] != "ring")
     )
-    return (straight | branching).to_numpy()
+    blob = t["blob_ratio"].to_numpy(dtype=np.float64)
+    tube = (
+        (p.vessel_max_blob_ratio > 0)
+        & np.isfinite(blob)
+        & (np.nan_to_num(blob, nan=1.0) <= p.vessel_max_blob_ratio)
+        & (t["pattern"] != "ring").to_numpy()
+    )
+    return (straight | branching).to_numpy() | tube
 
 
 def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
 
 __all__ = [
@@ -107,13 +108,20 @@ def hysteresis_components(
     low: float,
     high: float,
     min_extent_voxels: int | None = None,
+    blob_image: np.ndarray | None = None,
+    zooms: np.ndarray | None = None,
+    blob_low: float = np.inf,
+    blob_ratio: float = 1.0,
 ) -> tuple[np.ndarray, int]:
     """Return 26-connected components of ``z >= low`` inside ``mask`` that are significant.
 
     A component is kept when it holds a voxel ``z >= high`` (a strong peak) or,
     if ``min_extent_voxels`` is given, when it has at least that many voxels
     (a weak but extended enhancement: clusters of noise above the growing
-    level are only a few voxels, the size of the smoothing kernel).
+    level are only a few voxels, the size of the smoothing kernel), or, if
+    ``blob_image`` is given, when its peak is ``z >= blob_low`` and
+    ``blob_image`` is a round blob there (:func:`gdlesion.blob.peak_blob_ratio`
+    ``>= blob_ratio``; voxel size ``zooms``).
     """
     lab, n = ndi.label((z >= low) & mask, structure=CONNECTIVITY)
     if n == 0:
@@ -122,6 +130,14 @@ def hysteresis_components(
     seeded[np.unique(lab[(z >= high) & (lab > 0)])] = True
     if min_extent_voxels is not None:
         seeded |= np.bincount(lab.ravel(), minlength=n + 1) >= min_extent_voxels
+    if blob_image is not None and blob_low < high:
+        peak, ijk = label_peaks(z, lab, n)
+        weak = np.flatnonzero(~seeded[1:] & (peak >= blob_low))
+        if weak.size:
+            ratio, _ = peak_blob_ratio(
+                blob_image, ijk[weak], np.ones(3) if zooms is None else zooms
+            )
+            seeded[weak[np.nan_to_num(ratio, nan=-1.0) >= blob_ratio] + 1] = True
     seeded[0] = False
     keep = seeded[lab]
     return relabel_sequential(np.where(keep, lab, 0))
@@ -242,6 +258,9 @@ def find_candidates(
 ) -> tuple[np.ndarray, int]:
     """Hysteresis components of the enhancement map, split into foci, trimmed at half peak.
 
+    Seeds: a peak ``z >= params.high_threshold``, an extended region (``min_extent_resels``),
+    or a round blob of the ``raw`` residual peaking at ``z >= params.blob_seed_threshold``.
+
     Returns
     -------
     tuple
@@ -253,6 +272,8 @@ def find_candidates(
     labels, n = hysteresis_components(
         z, mask, low=params.low_threshold, high=params.high_threshold,
         min_extent_voxels=max(1, int(np.ceil(params.min_extent_resels * resel / voxel_mm3 - 1e-9))),
+        blob_image=raw, zooms=zooms, blob_low=params.blob_seed_threshold,
+        blob_ratio=params.blob_seed_ratio,
     )
     if n == 0:
         return labels, 0

@@ -1,0 +1,81 @@
+"""Hessian blob ratio at candidate peaks, per-label peaks and blob seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from gdlesion.blob import label_peaks, peak_blob_ratio
+from gdlesion.segment import hysteresis_components
+
+SHAPE = (41, 41, 41)
+CENTRE = np.array([[20, 20, 20]])
+
+
+def _shape(kind: str, sigma: float = 2.0) -> np.ndarray:
+    img = np.zeros(SHAPE, dtype=np.float32)
+    if kind == "ball":
+        img[20, 20, 20] = 1.0
+    elif kind == "tube":  # peak in the middle, away from the array's ends
+        img[20, 20, :] = 1.0 - 1e-3 * (np.arange(SHAPE[2]) - 20.0) ** 2
+    elif kind == "plate":
+        img[20, :, :] = 1.0
+    elif kind == "ovoid":
+        img[20, 20, 18:23] = 1.0
+    return ndi.gaussian_filter(img, sigma)
+
+
+@pytest.mark.parametrize(
+    ("kind", "lo", "hi"),
+    [("ball", 0.9, 1.0), ("ovoid", 0.3, 0.8), ("tube", -1.0, 0.1), ("plate", -1.0, 0.1)],
+)
+def test_blob_ratio_separates_blobs_from_tubes_and_plates(kind, lo, hi):
+    ratio, strength = peak_blob_ratio(_shape(kind), CENTRE, np.ones(3))
+    assert lo <= ratio[0] <= hi
+    if kind == "ball":
+        assert strength[0] > 0
+
+
+def test_blob_ratio_is_nan_on_thick_slices_and_empty_for_no_peaks():
+    ratio, strength = peak_blob_ratio(_shape("ball"), CENTRE, np.array([0.9, 0.9, 5.5]))
+    assert np.isnan(ratio).all() and np.isnan(strength).all()
+    ratio, _ = peak_blob_ratio(_shape("ball"), np.zeros((0, 3), int), np.ones(3))
+    assert ratio.shape == (0,)
+
+
+def test_blob_ratio_is_scale_invariant_over_voxel_size():
+    img = _shape("ball", sigma=1.5)
+    r1, _ = peak_blob_ratio(img, CENTRE, np.ones(3))
+    r2, _ = peak_blob_ratio(img, CENTRE, np.array([1.0, 1.0, 2.0]))
+    assert r1[0] > 0.9 and r2[0] > 0.4  # anisotropic sampling still sees a convex peak
+
+
+def test_label_peaks_matches_scipy(rng):
+    values = rng.normal(size=(12, 13, 14)).astype(np.float32)
+    labels, n = ndi.label(values > 1.0)
+    labels[labels == 3] = 0  # an empty label
+    peak, ijk = label_peaks(values, labels, n)
+    ref = ndi.maximum(values, labels, np.arange(1, n + 1))
+    present = np.bincount(labels.ravel(), minlength=n + 1)[1:] > 0
+    assert np.allclose(peak[present], np.asarray(ref)[present])
+    assert np.isneginf(peak[~present]).all()
+    assert np.array_equal(values[tuple(ijk[present].T)], peak[present])
+
+
+def test_blob_seed_keeps_a_round_faint_peak_and_not_a_faint_tube():
+    ball = _shape("ball", 1.5)
+    tube = _shape("tube", 1.5)
+    z = np.zeros(SHAPE, dtype=np.float32)
+    z[:, :20] = 4.5 * ball[:, 10:30] / ball.max()  # ball centred at (20, 10, 20)
+    z[:, 21:] = 4.5 * tube[:, 10:30] / tube.max()  # tube along k at (20, 31)
+    mask = np.ones(SHAPE, dtype=bool)
+    kw = {"low": 3.0, "high": 6.0, "blob_image": z, "zooms": np.ones(3)}
+    lab, n = hysteresis_components(z, mask, blob_low=4.0, blob_ratio=0.7, **kw)
+    assert n == 1 and lab[20, 10, 20] == 1 and lab[20, 31, 20] == 0
+    # inclusive: a peak exactly at blob_low is enough
+    _, n = hysteresis_components(z, mask, blob_low=4.5, blob_ratio=0.7, **kw)
+    assert n == 1
+    # disabled: no seed below the high threshold
+    _, n = hysteresis_components(z, mask, blob_low=6.0, blob_ratio=0.7, **kw)
+    assert n == 0
