@@ -34,8 +34,8 @@ def dataset(tmp_path_factory):
 def test_cli_batch_on_simulated_bids(dataset, tmp_path):
     out = tmp_path / "results"
     runner = CliRunner()
-    res = runner.invoke(app, ["batch", str(dataset), str(out), "--workers", "1",
-                              "--pipeline", "default"])
+    # no --pipeline: "auto" picks the preset per session and records the one it used
+    res = runner.invoke(app, ["batch", str(dataset), str(out), "--workers", "1"])
     assert res.exit_code == EXIT_SESSIONS_FAILED, res.output
     assert "2 ok, 2 failed" in res.stdout
     counts = pd.read_csv(out / "lesion_counts.csv", keep_default_na=False)

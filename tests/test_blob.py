@@ -79,3 +79,22 @@ def test_blob_seed_keeps_a_round_faint_peak_and_not_a_faint_tube():
     # disabled: no seed below the high threshold
     _, n = hysteresis_components(z, mask, blob_low=6.0, blob_ratio=0.7, **kw)
     assert n == 0
+
+
+def test_carve_thick_cores_separates_a_nodule_from_the_vein_it_touches():
+    from gdlesion.blob import carve_thick_cores
+
+    zooms = np.array([1.0, 1.0, 1.0])
+    grid = np.indices((60, 40, 40)).astype(float)
+    ball = ((grid - np.array([30, 20, 20])[:, None, None, None]) ** 2).sum(0) <= 3.5**2
+    tube = ((grid[1] - 20) ** 2 + (grid[2] - 24.5) ** 2 <= 1.2**2) & (grid[0] >= 5) & (grid[0] < 55)
+    labels = (ball | tube).astype(np.int32)
+    out, n, changed = carve_thick_cores(labels, np.array([1]), zooms, radius_mm=2.0)
+    assert changed and n == 2
+    nodule = np.bincount(out[ball]).argmax()
+    assert nodule > 0 and (out == nodule).sum() >= 0.8 * ball.sum()
+    assert (out[tube & ~ball] == nodule).mean() < 0.1  # only where the vein meets the nodule
+    # a thin tube alone has no thick part: unchanged
+    same, n_same, changed_same = carve_thick_cores(tube.astype(np.int32), np.array([1]), zooms,
+                                                   radius_mm=2.0)
+    assert not changed_same and n_same == 1 and np.array_equal(same, tube)

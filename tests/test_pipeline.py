@@ -224,3 +224,14 @@ def test_flair_rejects_candidates_without_flair_lesion(planted):
     assert result.lesion_count == 1
     assert (result.labels[truth == 1] > 0).any()
     assert "no_flair_lesion" in set(result.rejected["reason"])
+
+
+def test_pipeline_chosen_automatically_and_recorded(planted):
+    pre, post, truth, result = planted
+    assert result.pipeline == "default"  # 1.0 x 1.2 x 1.5 mm, no FLAIR
+    assert result.summary_dict()["pipeline"] == "default"
+    custom = run_study(pre, post, params=result.params.replace(high_threshold=7.0))
+    assert custom.pipeline == "custom" and custom.params.high_threshold == 7.0
+    named = run_study(pre, post, params="auto", overrides={"min_volume_mm3": 200.0})
+    assert named.pipeline == "default" and named.params.min_volume_mm3 == 200.0
+    assert named.lesion_count < result.lesion_count  # radius 3-3.5 mm lesions: < 200 mm3

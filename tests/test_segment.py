@@ -99,8 +99,8 @@ def _table(**values):
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),
         ({"csf_distance_mm": 1.1}, ""),
-        ({"flair_z": 0.5}, "no_flair_lesion"),
-        ({"flair_z": 1.0}, ""),
+        ({"flair_z": 0.45}, "no_flair_lesion"),
+        ({"flair_z": 0.5}, ""),
     ],
 )
 def test_rules_inclusive_thresholds(values, reason):
@@ -177,3 +177,27 @@ def test_conditional_median_maps_a_nonlinear_contrast(rng):
     mapped = conditional_median_mapping(pre, post, np.ones(pre.shape, bool))
     err = np.abs(mapped[4:] - post[4:])
     assert np.median(err) < 1.0
+
+
+def test_conditional_spread_follows_the_noise_of_each_tissue_class(rng):
+    """Noise 1 where the guide is dark, 3 where it is bright: the spread map says so."""
+    from gdlesion.segment import conditional_spread
+
+    guide = np.repeat(np.linspace(0.0, 1.0, 40)[:, None, None], 30, axis=1).repeat(30, axis=2)
+    noisy = np.where(guide > 0.5, 3.0, 1.0) * rng.standard_normal(guide.shape)
+    mask = np.ones(guide.shape, dtype=bool)
+    spread = conditional_spread(noisy, guide, mask)
+    assert spread.shape == guide.shape and spread.dtype == np.float32
+    assert np.median(spread[guide < 0.4]) == pytest.approx(1.0, rel=0.1)
+    assert np.median(spread[guide > 0.6]) == pytest.approx(3.0, rel=0.1)
+
+
+def test_auto_preset_by_slice_thickness_and_flair():
+    from gdlesion.params import auto_preset, load_params, preset_names
+
+    assert auto_preset((0.9, 0.9, 5.5), has_flair=True) == "clinical-2d"
+    assert auto_preset((3.0, 1.0, 1.0), has_flair=False) == "clinical-2d"
+    assert auto_preset((1.0, 1.0, 2.9), has_flair=False) == "default"
+    assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
+    assert {"default", "flair", "clinical-2d"} <= set(preset_names())
+    assert load_params("flair").noise_guide_mm > 0 == load_params("default").noise_guide_mm

@@ -303,8 +303,9 @@ def _write_outputs(
     sidecar = {
         "Description": "Gadolinium-enhancing lesions detected by gdlesion (post-contrast grid).",
         "Sources": sorted(Path(p).name for p in (session.pre, session.post, session.flair) if p),
-        "Pipeline": task.pipeline,
-        "Parameters": params_to_dict(task.params),
+        "Pipeline": (getattr(result, "pipeline", None) if task.pipeline in ("", "auto")
+                     else task.pipeline) or task.pipeline,
+        "Parameters": params_to_dict(getattr(result, "params", None) or task.params),
         "RegistrationQC": qc,
         "LesionCount": int(result.lesion_count),
         "TotalVolume_mm3": float(result.total_volume_mm3),

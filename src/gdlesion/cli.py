@@ -165,7 +165,8 @@ def inspect_command(
     ),
     brain_mask: str = typer.Option(None, "--brain-mask", help="Brain mask on the post grid."),
     pipeline: str = typer.Option(
-        None, "--pipeline", help="Preset (default, clinical-2d, high-sensitivity) or JSON file."
+        "auto", "--pipeline", help="Preset (auto, default, clinical-2d, flair, high-sensitivity) "
+        "or JSON file; auto picks by slice thickness and FLAIR."
     ),
     high: float = typer.Option(None, "--high-threshold", help="Seed level (noise units)."),
     low: float = typer.Option(None, "--low-threshold", help="Growing level (noise units)."),
@@ -180,13 +181,15 @@ def inspect_command(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .params import load_params
+    from .params import AUTO, load_params
     from .pipeline import run_study, write_study_outputs
 
     with user_errors():
-        params = load_params(pipeline)
+        params = pipeline if pipeline == AUTO else load_params(pipeline)
         overrides = {"high_threshold": high, "low_threshold": low, "min_volume_mm3": min_volume}
-        params = params.replace(**{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if not isinstance(params, str):
+            params = params.replace(**overrides)
         if out is not None:
             from .io import ensure_writable_dir
 
@@ -198,6 +201,7 @@ def inspect_command(
             task = bar.add_task("starting", total=None)
             result = run_study(
                 pre, post, flair=flair, brain_mask=brain_mask, params=params,
+                overrides=overrides if isinstance(params, str) else None,
                 progress=lambda stage: bar.update(
                     task, description=_STAGE_LABELS.get(stage, stage)
                 ),
@@ -274,8 +278,8 @@ def batch_command(
     output: str = typer.Argument(..., metavar="OUTPUT", help="Results folder (BIDS derivative)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Parallel sessions (0 = all cores)."),
     pipeline: str = typer.Option(
-        "default", "--pipeline", help="Preset name (default, clinical-2d, high-sensitivity) "
-        "or a JSON file of detection parameters."
+        "auto", "--pipeline", help="Preset name (auto, default, clinical-2d, flair, "
+        "high-sensitivity) or a JSON file of detection parameters; auto picks per session."
     ),
     fmt: str = typer.Option("csv", "--format", help="Table format: csv or tsv (BIDS style)."),
     force: bool = typer.Option(False, "--force", help="Redo sessions already complete."),
@@ -316,7 +320,7 @@ def batch_command(
     """Process every session of a study; rerun to resume (exit 3 if a session failed)."""
     from .batch import run_batch
     from .clinical import has_clinical_columns
-    from .params import load_params
+    from .params import AUTO, load_params
 
     options: dict = {"layout": layout}
     for key, value in (("pre_patterns", pre_pattern), ("post_patterns", post_pattern),
@@ -324,7 +328,7 @@ def batch_command(
         if value:
             options[key] = tuple(p.strip() for p in value.split(",") if p.strip())
     with user_errors():
-        params = load_params(pipeline)
+        params = None if pipeline == AUTO else load_params(pipeline)
         with _batch_progress_bar() as bar:
             task = bar.add_task("batch", total=None, failed=0, reused=0)
 

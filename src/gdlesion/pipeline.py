@@ -20,10 +20,11 @@ import pandas as pd
 
 from . import io
 from .anatomy import anatomical_context
+from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
 from .measure import LESION_COLUMNS, empty_table, lesion_features
-from .params import DetectionParams, load_params
+from .params import AUTO, DetectionParams, auto_preset, load_params
 from .preprocess import (
     bounding_box,
     conditional_median_mapping,
@@ -69,6 +70,7 @@ class StudyResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
+    pipeline: str = "custom"
     inputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -99,6 +101,7 @@ def run_study(
     flair: VolumeLike | None = None,
     brain_mask: np.ndarray | str | os.PathLike | None = None,
     params: DetectionParams | str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> StudyResult:
     """Detect and measure gadolinium-enhancing lesions in one pre/post T1 pair.
@@ -114,7 +117,13 @@ def run_study(
     brain_mask : array or path, optional
         Brain mask on the post grid; estimated classically when omitted.
     params : DetectionParams, preset name or JSON path, optional
-        Detection parameters (default :class:`DetectionParams()`).
+        Detection parameters. ``None`` or ``"auto"`` (the default) picks the
+        preset from the data (:func:`gdlesion.params.auto_preset`:
+        ``clinical-2d`` for thick slices, ``flair`` for 3-D scans with a
+        FLAIR, ``default`` otherwise); the name used is ``result.pipeline``.
+    overrides : dict, optional
+        Parameter values that replace those of ``params`` (e.g.
+        ``{"high_threshold": 5.0}``), applied after the preset is chosen.
     progress : callable, optional
         Called with each stage name of :data:`STAGES` as it starts.
 
@@ -149,10 +158,19 @@ def run_study(
             progress(name)
 
     stage("load")
-    p = params if isinstance(params, DetectionParams) else load_params(params)
     post_v = _as_volume(post, "post-contrast scan")
     pre_v = _as_volume(pre, "pre-contrast scan")
     flair_v = _as_volume(flair, "FLAIR") if flair is not None else None
+    if isinstance(params, DetectionParams):
+        pipeline_name = "custom"
+        p = params
+    else:
+        pipeline_name = str(params) if params is not None else AUTO
+        if pipeline_name == AUTO:
+            pipeline_name = auto_preset(post_v.zooms, has_flair=flair_v is not None)
+        p = load_params(pipeline_name)
+    if overrides:
+        p = p.replace(**overrides)
     if brain_mask is not None and not isinstance(brain_mask, np.ndarray):
         brain_mask = io.load_mask(brain_mask, reference=post_v, role="brain mask")
     elif brain_mask is not None and brain_mask.shape != post_v.shape:
@@ -209,23 +227,35 @@ def run_study(
 
     stage("measures")
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
-    context = anatomical_context(
-        candidates, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
-        csf_threshold=csf_gm,
-    )
-    nawm = mask_c & (post_c >= gm_wm) & (candidates == 0)
-    nawm_level = float(np.median(post_c[nawm])) if nawm.any() else float(np.median(post_c[mask_c]))
     flair_z = None
     if flair_reg is not None:
         fl = flair_reg[box]
         med, sd = robust_sigma(fl[mask_c])
         flair_z = ((fl - med) / sd).astype(np.float32)
-    table = lesion_features(
-        candidates, n_cand, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
-        nawm_level=nawm_level, context=context, edge_margin_mm=p.edge_margin_mm,
-        ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
-    )
-    reasons = apply_rules(table, p)
+
+    def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
+        context = anatomical_context(
+            cand, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
+            csf_threshold=csf_gm,
+        )
+        nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
+        nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
+        table = lesion_features(
+            cand, n, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
+            nawm_level=nawm_level, context=context, edge_margin_mm=p.edge_margin_mm,
+            ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
+        )
+        return table, apply_rules(table, p), nawm_level
+
+    table, reasons, nawm_level = judge(candidates, n_cand)
+    if p.vessel_carve_mm > 0 and (reasons == "vessel").any():
+        # a lesion touching a vein: judge the thick part and the thin part separately
+        vessel_ids = table["lesion_id"].to_numpy()[reasons == "vessel"]
+        candidates, n_cand, changed = carve_thick_cores(
+            candidates, vessel_ids, zooms, radius_mm=p.vessel_carve_mm
+        )
+        if changed:
+            table, reasons, nawm_level = judge(candidates, n_cand)
     kept_c, lesions = _select(candidates, table, reasons == "", box)
     rej_c, rejected = _select(candidates, table, reasons != "", box)
     if len(rejected):
@@ -254,6 +284,7 @@ def run_study(
         rejected_labels=rejected_labels,
         registration=reg,
         params=p,
+        pipeline=pipeline_name,
         timings=timings,
         warnings=warnings,
         stats={
@@ -336,6 +367,7 @@ def summary_json_dict(result: StudyResult) -> dict[str, Any]:
         "total_volume_mm3": round(result.total_volume_mm3, 3),
         "rejected_count": int(len(result.rejected)),
         "registration": result.registration.qc_dict(),
+        "pipeline": result.pipeline,
         "parameters": result.params.to_dict(),
         "statistics": result.stats,
         "inputs": result.inputs,

@@ -23,6 +23,7 @@ __all__ = [
     "DetectionParams",
     "load_params",
     "robust_sigma",
+    "conditional_spread",
     "enhancement_map",
     "hysteresis_components",
     "split_touching",
@@ -51,6 +52,43 @@ def robust_sigma(values: np.ndarray) -> tuple[float, float]:
     return med, max(sigma, 1e-6 * (abs(med) + 1.0))
 
 
+def conditional_spread(
+    values: np.ndarray, guide: np.ndarray, mask: np.ndarray, *, n_bins: int = 32
+) -> np.ndarray:
+    """Robust spread of ``values`` as a function of ``guide``, evaluated at every voxel.
+
+    The voxels of ``mask`` are sorted into ``n_bins`` equal-count bins of
+    ``guide``; in each bin the normal-consistent MAD (``1.4826 * MAD``) of
+    ``values`` is taken (a minority of enhancing voxels does not move it) and
+    the curve is interpolated linearly over ``guide``. Vectorised: one sort,
+    no loop over bins or voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``guide``'s shape.
+    """
+    step = max(1, int(np.count_nonzero(mask)) // 500_000)
+    x = guide[mask][::step].astype(np.float64)
+    y = values[mask][::step].astype(np.float64)
+    edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    idx = np.searchsorted(edges, x, side="right")
+    counts = np.bincount(idx, minlength=edges.size + 1)
+    keep = counts > 0
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    mid = (starts + (counts - 1) // 2)[keep]
+
+    def bin_medians(v: np.ndarray) -> np.ndarray:
+        return v[np.lexsort((v, idx))][mid]
+
+    centres = bin_medians(x)
+    med = np.zeros(counts.size)
+    med[keep] = bin_medians(y)
+    spread = 1.4826 * bin_medians(np.abs(y - med[idx]))
+    centres, first = np.unique(centres, return_index=True)
+    return np.interp(guide, centres, spread[first]).astype(np.float32)
+
+
 def enhancement_map(
     post: np.ndarray,
     pre_mapped: np.ndarray,
@@ -67,7 +105,10 @@ def enhancement_map(
     produces a residual of about ``d * |grad pre|`` at an edge, so each voxel is
     divided by ``sqrt(sigma**2 + (params.misregistration_mm * |grad pre|)**2)``:
     in flat tissue the map is the plain z-score, at tissue edges an edge
-    artefact no longer looks like enhancement.
+    artefact no longer looks like enhancement. With ``params.noise_guide_mm > 0``
+    the map is then divided by its own robust spread per tissue intensity
+    (:func:`conditional_spread` over the smoothed ``pre_mapped``), so that ``z``
+    is in units of the noise of the voxel's own tissue class.
 
     Returns
     -------
@@ -96,6 +137,16 @@ def enhancement_map(
     np.sqrt(grad2, out=grad2)
     z = resid / grad2
     del grad2
+    if params.noise_guide_mm > 0:
+        guide = ndi.gaussian_filter(
+            pre_mapped, sigma=params.noise_guide_mm / zooms, output=np.float32
+        )
+        spread = conditional_spread(z, guide, mask)
+        del guide
+        # a bin never counts as more than 4x quieter than the brain as a whole
+        np.maximum(spread, np.float32(0.25), out=spread)
+        z /= spread
+        del spread
     z[~mask] = 0.0
     resid[~mask] = 0.0
     return z, resid, sigma
