@@ -94,6 +94,7 @@ def estimate_brain_mask(
     coarse_voxel_mm: float = 2.5,
     full_head_core_mm: float = 11.0,
     full_head_floor: float = 0.35,
+    max_hole_ml: float = 5.0,
 ) -> np.ndarray:
     """Classical brain mask of a T1 scan, skull-stripped or full-head.
 
@@ -142,8 +143,13 @@ def estimate_brain_mask(
         Coarse full head: fraction of the white-matter level (95th percentile
         of the head within 60 mm of its centre) below which a voxel is CSF, bone
         or their partial volume; the watershed's brain marker is the core of the
-        tissue above it. Results are the same for 0.2-0.4 (CSF is 0.2-0.3 and
+        tissue above it. Results are the same for 0.2-0.45 (CSF is 0.2-0.3 and
         grey matter 0.6-0.75 of white matter on T1).
+    max_hole_ml : float, optional
+        Coarse full head: enclosed regions brighter than the ceiling up to this
+        volume (enhancing lesions, vessels) count as tissue before the opening;
+        otherwise the wider opening cuts the cortex between a bright lesion and
+        the brain's surface, and the lesion ends up outside the mask.
 
     Returns
     -------
@@ -188,6 +194,14 @@ def estimate_brain_mask(
         full_head = True
         coarse = float(zooms.max()) > coarse_voxel_mm
         if coarse:
+            # bright enhancing lesions and vessels above the ceiling are holes in the tissue;
+            # enclosed small ones are filled so that the wider opening does not open them
+            holes, n_holes = ndi.label(ndi.binary_fill_holes(tissue) & (smooth > ceiling))
+            if n_holes:
+                sizes = np.bincount(holes.ravel()) * float(np.prod(zooms)) / 1000.0
+                sizes[0] = np.inf
+                tissue |= (sizes <= max_hole_ml)[holes]
+            del holes
             # thick slices / coarse voxels blur the skull base: a wider opening, and a
             # watershed on the dark skull ridge vetoes what still leaks (gdlesion.skullstrip)
             nearby = head & (dist2 <= 60.0**2)
