@@ -34,7 +34,10 @@ if __name__ == "__main__":
 
 
 def _records(out: Path) -> list[Path]:
-    return sorted((out / ".gdlesion" / "sessions").glob("*.json"))
+    # finished records only: pathlib's glob also matches the hidden temporary file of a record
+    # being written atomically (".KEY.json.XXXX.part.json"), which the kill may leave behind
+    return sorted(p for p in (out / ".gdlesion" / "sessions").glob("*.json")
+                  if not p.name.startswith("."))
 
 
 @pytest.mark.slow
