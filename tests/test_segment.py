@@ -201,3 +201,11 @@ def test_auto_preset_by_slice_thickness_and_flair():
     assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
     assert {"default", "flair", "clinical-2d"} <= set(preset_names())
     assert load_params("flair").noise_guide_mm > 0 == load_params("default").noise_guide_mm
+
+
+def test_faint_rule_inclusive_and_off_by_default():
+    strict = DetectionParams(min_enhancement_pct=20.0)
+    assert apply_rules(_table(max_enhancement_pct=19.9), strict).tolist() == ["faint"]
+    assert apply_rules(_table(max_enhancement_pct=20.0), strict).tolist() == [""]
+    assert apply_rules(_table(max_enhancement_pct=5.0), DetectionParams()).tolist() == [""]
+    assert load_params("flair").min_enhancement_pct == 20.0

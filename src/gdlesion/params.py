@@ -95,6 +95,10 @@ class DetectionParams:
     min_volume_mm3 : float
         Smallest reported lesion (inclusive). 10 mm3 keeps lesions of 3 mm
         diameter (14 mm3) with room for partial volume.
+    min_enhancement_pct : float
+        Smallest reported peak enhancement, % of normal-appearing white matter
+        (inclusive; :func:`gdlesion.rules.faint`). 0 (default) disables it; the
+        ``flair`` preset uses 20.
     split_saddle_ratio : float
         Touching foci are split when the enhancement between two peaks falls
         below this fraction of the lower peak (0 disables splitting).
@@ -173,6 +177,7 @@ class DetectionParams:
     noise_guide_mm: float = 0.0
     boundary_fraction: float = 0.5
     min_volume_mm3: float = 10.0
+    min_enhancement_pct: float = 0.0
     split_saddle_ratio: float = 0.4
     vessel_elongation: float = 3.0
     vessel_min_length_mm: float = 6.0
