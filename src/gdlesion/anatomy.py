@@ -18,7 +18,10 @@ from scipy import ndimage as ndi
 
 from .preprocess import ball
 
-__all__ = ["Context", "anatomical_context", "distance_at", "ventricle_mask", "csf_space"]
+__all__ = [
+    "AnatomyMaps", "Context", "anatomical_context", "anatomy_maps", "distance_at",
+    "ventricle_mask", "csf_space",
+]
 
 
 @dataclass(frozen=True)
@@ -120,24 +123,56 @@ def ventricle_mask(
     return good[lab]
 
 
-def anatomical_context(
-    labels: np.ndarray,
+@dataclass(frozen=True, eq=False)
+class AnatomyMaps:
+    """Candidate-independent maps on the analysis grid: brain depth (mm), CSF space, ventricles."""
+
+    depth_mm: np.ndarray
+    csf_space: np.ndarray
+    ventricles: np.ndarray
+
+
+def anatomy_maps(
     *,
     mask: np.ndarray,
     post: np.ndarray,
     pre_mapped: np.ndarray,
     zooms: np.ndarray,
     csf_threshold: float,
+) -> AnatomyMaps:
+    """Depth below the brain surface, CSF spaces and ventricles (computed once per study)."""
+    depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    space = csf_space(pre_mapped, mask, zooms, csf_threshold=csf_threshold)
+    vent = ventricle_mask(post, mask, zooms, csf_threshold=csf_threshold)
+    return AnatomyMaps(depth, space, vent)
+
+
+def anatomical_context(
+    labels: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    post: np.ndarray | None = None,
+    pre_mapped: np.ndarray | None = None,
+    zooms: np.ndarray,
+    csf_threshold: float | None = None,
+    maps: AnatomyMaps | None = None,
 ) -> Context:
-    """Distances (mm) of every labelled voxel to the brain surface, CSF space and ventricles."""
+    """Distances (mm) of every labelled voxel to the brain surface, CSF space and ventricles.
+
+    ``maps`` (from :func:`anatomy_maps`) avoids recomputing the candidate-independent
+    maps when several candidate sets of one study are judged; otherwise ``mask``,
+    ``post``, ``pre_mapped`` and ``csf_threshold`` are required.
+    """
     if not labels.any():
         empty = np.zeros(0)
         return Context(empty, empty, empty)
+    if maps is None:
+        maps = anatomy_maps(
+            mask=mask, post=post, pre_mapped=pre_mapped, zooms=zooms,  # type: ignore[arg-type]
+            csf_threshold=csf_threshold,  # type: ignore[arg-type]
+        )
     flat = np.flatnonzero(labels)
-    padded = np.pad(mask, 1)
-    depth = ndi.distance_transform_edt(padded, sampling=zooms)[1:-1, 1:-1, 1:-1].ravel()[flat]
-    space = csf_space(pre_mapped, mask, zooms, csf_threshold=csf_threshold)
-    csf = distance_at(space, labels, zooms, cap_mm=CAP_MM)
-    vent = ventricle_mask(post, mask, zooms, csf_threshold=csf_threshold)
-    vdist = distance_at(vent, labels, zooms, cap_mm=CAP_MM)
+    depth = maps.depth_mm.ravel()[flat]
+    csf = distance_at(maps.csf_space, labels, zooms, cap_mm=CAP_MM)
+    vdist = distance_at(maps.ventricles, labels, zooms, cap_mm=CAP_MM)
     return Context(depth, csf, vdist)

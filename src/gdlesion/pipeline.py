@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .anatomy import anatomical_context
+from .anatomy import anatomical_context, anatomy_maps
 from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
@@ -233,11 +233,12 @@ def run_study(
         med, sd = robust_sigma(fl[mask_c])
         flair_z = ((fl - med) / sd).astype(np.float32)
 
+    maps = anatomy_maps(
+        mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms, csf_threshold=csf_gm
+    )
+
     def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
-        context = anatomical_context(
-            cand, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
-            csf_threshold=csf_gm,
-        )
+        context = anatomical_context(cand, zooms=zooms, maps=maps)
         nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
         nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
         table = lesion_features(
