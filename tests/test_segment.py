@@ -74,6 +74,7 @@ def _table(**values):
         thickness_mm=4.0,
         compactness=2.0,
         blob_ratio=0.8,
+        conspicuity=5.0,
         pattern="nodular",
     )
     row.update(values)
@@ -209,3 +210,28 @@ def test_faint_rule_inclusive_and_off_by_default():
     assert apply_rules(_table(max_enhancement_pct=20.0), strict).tolist() == [""]
     assert apply_rules(_table(max_enhancement_pct=5.0), DetectionParams()).tolist() == [""]
     assert load_params("flair").min_enhancement_pct == 20.0
+
+
+def test_conspicuity_isolated_focus_versus_a_field_of_similar_foci():
+    from gdlesion.measure import conspicuity
+
+    shape = (60, 60, 30)
+    grid = np.indices(shape).astype(float)
+    z = np.zeros(shape, dtype=np.float32)
+    # left half: one focus; right half: the same focus among a lattice of similar ones
+    lattice = [(x, y, k) for x in range(32, 60, 5) for y in range(0, 60, 5)
+               for k in range(0, 30, 5)]  # holds (42, 30, 15)
+    for c in [(15, 30, 15), *lattice]:
+        bump = np.exp(-((grid - np.array(c)[:, None, None, None]) ** 2).sum(0) / 4.5)
+        z = np.maximum(z, 8.0 * bump)
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[(z >= 4) & (np.abs(grid[0] - 15) <= 2) & (np.abs(grid[1] - 30) <= 2)] = 1
+    labels[(z >= 4) & (np.abs(grid[0] - 42) <= 2) & (np.abs(grid[1] - 30) <= 2)] = 2
+    mask = np.ones(shape, dtype=bool)
+    peaks = np.array([z[labels == 1].max(), z[labels == 2].max()], dtype=float)
+    c = conspicuity(labels, 2, z, mask, np.ones(3), peaks=peaks)
+    assert c[0] >= 10.0  # nothing around it: background floored at 0.5
+    assert c[1] < 2.0  # its neighbours 5 mm away are as bright
+    rule = apply_rules(_table(conspicuity=1.9), DetectionParams()).tolist()
+    assert rule == ["inconspicuous"]
+    assert apply_rules(_table(conspicuity=2.0), DetectionParams()).tolist() == [""]

@@ -15,7 +15,9 @@ from scipy import ndimage as ndi
 from .anatomy import Context
 from .blob import label_peaks, peak_blob_ratio
 
-__all__ = ["LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION"]
+__all__ = [
+    "LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION", "conspicuity",
+]
 
 #: Columns of the lesion table, in order. Bounding boxes are voxel indices, both ends inclusive.
 LESION_COLUMNS = [
@@ -41,6 +43,7 @@ LESION_COLUMNS = [
     "thickness_mm",
     "compactness",
     "blob_ratio",
+    "conspicuity",
     "distance_to_surface_mm",
     "edge_fraction",
     "ventricle_fraction",
@@ -104,6 +107,7 @@ def lesion_features(
     edge_margin_mm: float,
     ventricle_margin_mm: float,
     flair_z: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Measure every label ``1..n`` of ``labels``.
 
@@ -132,6 +136,9 @@ def lesion_features(
         (``<=``).
     flair_z : numpy.ndarray, optional
         FLAIR in robust z units; the ``flair_z`` column is NaN without it.
+    mask : numpy.ndarray, optional
+        Brain mask; needed for the ``conspicuity`` column (NaN without it,
+        see :func:`conspicuity`).
 
     Returns
     -------
@@ -194,6 +201,10 @@ def lesion_features(
             "thickness_mm": thickness,
             "compactness": volume / (np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3),
             "blob_ratio": blob_ratio,
+            "conspicuity": (
+                conspicuity(labels, n, z, mask, zooms, peaks=np.asarray(max_z, dtype=np.float64))
+                if mask is not None else np.nan
+            ),
             "distance_to_surface_mm": np.asarray(
                 ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
             ),
@@ -207,6 +218,47 @@ def lesion_features(
         }
     )
     return table[LESION_COLUMNS]
+
+
+#: Shell around a candidate (mm from its voxels) whose enhancement is its background.
+CONSPICUITY_SHELL_MM = (2.0, 12.0)
+
+
+def conspicuity(
+    labels: np.ndarray,
+    n: int,
+    z: np.ndarray,
+    mask: np.ndarray,
+    zooms: np.ndarray,
+    *,
+    peaks: np.ndarray,
+    shell_mm: tuple[float, float] = CONSPICUITY_SHELL_MM,
+    percentile: float = 95.0,
+) -> np.ndarray:
+    """How much each candidate stands out from the enhancement texture around it.
+
+    ``peak z / P95(z in the shell)``, the shell being the brain voxels between
+    ``shell_mm[0]`` and ``shell_mm[1]`` mm from the candidate (other candidates
+    included: a focus among many similar ones is texture, as in the cerebellar
+    folia). The denominator is floored at 0.5 noise units. Computed in each
+    candidate's bounding box grown by the shell (a loop over candidates).
+    """
+    out = np.full(n, np.nan)
+    zooms = np.asarray(zooms, dtype=float)
+    pad = np.ceil(shell_mm[1] / zooms).astype(int) + 1
+    for idx, box in enumerate(ndi.find_objects(labels)):
+        if box is None or idx >= n:
+            continue
+        box = tuple(
+            slice(max(s.start - p, 0), min(s.stop + p, size))
+            for s, p, size in zip(box, pad, labels.shape, strict=True)
+        )
+        dist = ndi.distance_transform_edt(labels[box] != idx + 1, sampling=zooms)
+        shell = (dist > shell_mm[0]) & (dist <= shell_mm[1]) & mask[box]
+        if shell.any():
+            background = float(np.percentile(z[box][shell], percentile))
+            out[idx] = peaks[idx] / max(background, 0.5)
+    return out
 
 
 def _median_by_label(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:

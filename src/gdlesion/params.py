@@ -129,6 +129,10 @@ class DetectionParams:
         pieces of real veins then pass as nodules (Lesjak pairs: one more
         inserted lesion found, 0.7 more false positives per scan); the
         ``flair`` preset uses 2 mm.
+    min_conspicuity : float
+        A candidate whose peak is less than this many times the 95th
+        percentile of the enhancement within 2-12 mm around it is texture, not
+        a focal lesion (:func:`gdlesion.rules.inconspicuous`). 0 disables it.
     edge_margin_mm : float
         Depth below the brain surface counted as "at the edge" (dura, dural
         sinuses, cortical veins in sulci).
@@ -185,6 +189,7 @@ class DetectionParams:
     vessel_min_compactness: float = 6.0
     vessel_max_blob_ratio: float = 0.3
     vessel_carve_mm: float = 0.0
+    min_conspicuity: float = 2.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
     ventricle_margin_mm: float = 2.0

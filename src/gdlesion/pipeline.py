@@ -244,7 +244,7 @@ def run_study(
         table = lesion_features(
             cand, n, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
             nawm_level=nawm_level, context=context, edge_margin_mm=p.edge_margin_mm,
-            ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
+            ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z, mask=mask_c,
         )
         return table, apply_rules(table, p), nawm_level
 
