@@ -368,14 +368,19 @@ def report(rows, elastix_s, patient):
         print(f"  >= 3 mm: {h}/{t} = {h / max(t, 1):.3f}")
         print(f"  false positives per scan: {np.mean(g['fp']):.2f} over {len(g['fp'])} scans")
     real = [r for r in rows if r["case"].startswith("lesjak") and "+" not in r["case"]]
-    print(f"detections per unmodified real scan: {np.mean([r['detections'] for r in real]):.2f}")
+    if real:
+        mean_real = np.mean([r["detections"] for r in real])
+        print(f"detections per unmodified real scan: {mean_real:.2f}")
     flair = [r for r in rows if r["case"].startswith("lesjak") and r["case"].endswith("+flair")
              and "+ins" not in r["case"]]
-    print(f"  ... with --flair: {np.mean([r['detections'] for r in flair]):.2f}")
+    if flair:
+        print(f"  ... with --flair: {np.mean([r['detections'] for r in flair]):.2f}")
     for r in real + flair:
         for les in r["lesions"]:
             print(f"  {r['case']}: {les}")
-    same = next(r for r in rows if r["case"] == f"lesjak-{patient[-2:]}")
+    same = next((r for r in rows if r["case"] == f"lesjak-{patient[-2:]}"), None)
+    if same is None:  # --cases without the baseline pair
+        return
     print(
         f"\nelastix default rigid on {patient}: {elastix_s:.1f} s; whole run_study: "
         f"{same['time_s']:.1f} s (ratio {same['time_s'] / elastix_s:.2f})"

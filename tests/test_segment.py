@@ -235,3 +235,14 @@ def test_conspicuity_isolated_focus_versus_a_field_of_similar_foci():
     rule = apply_rules(_table(conspicuity=1.9), DetectionParams()).tolist()
     assert rule == ["inconspicuous"]
     assert apply_rules(_table(conspicuity=2.0), DetectionParams()).tolist() == [""]
+
+
+def test_flair_exemption_from_location_rules_only():
+    p = DetectionParams(flair_exempt_z=2.0)
+    at_edge = dict(edge_fraction=0.9, flair_z=2.0)
+    assert apply_rules(_table(**at_edge), DetectionParams()).tolist() == ["brain_edge"]
+    assert apply_rules(_table(**at_edge), p).tolist() == [""]
+    assert apply_rules(_table(edge_fraction=0.9, flair_z=1.9), p).tolist() == ["brain_edge"]
+    # shape rules still apply to FLAIR-bright candidates
+    assert apply_rules(_table(blob_ratio=0.1, flair_z=5.0), p).tolist() == ["vessel"]
+    assert load_params("flair").flair_exempt_z == 2.0 and load_params().flair_exempt_z == 0.0

@@ -159,6 +159,11 @@ class DetectionParams:
         at the 5th / 25th / 50th percentile, so 1.0 would reject about one
         lesion in ten; 0.5 keeps nearly all, while vessels, plexus and the
         white-matter residual lie at or below 0.45 on the unmodified pairs.
+    flair_exempt_z : float
+        With a FLAIR scan, candidates whose mean FLAIR robust z is at least
+        this are exempt from the location rules (brain edge, choroid plexus,
+        CSF space; :func:`gdlesion.rules.flair_exempt`). 0 (default) disables
+        it; the ``flair`` preset uses 2.
     brain_opening_mm : float
         Radius of the opening that separates brain from scalp in the brain mask.
     min_brain_volume_ml : float
@@ -196,6 +201,7 @@ class DetectionParams:
     ventricle_fraction: float = 0.5
     max_csf_distance_mm: float = 1.0
     flair_min_z: float = 0.5
+    flair_exempt_z: float = 0.0
     brain_opening_mm: float = 5.0
     min_brain_volume_ml: float = 20.0
     bias_correction: str = "none"

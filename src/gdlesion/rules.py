@@ -14,7 +14,7 @@ import pandas as pd
 
 from .params import DetectionParams
 
-__all__ = ["RULES", "apply_rules"]
+__all__ = ["RULES", "LOCATION_RULES", "apply_rules", "flair_exempt"]
 
 
 def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
@@ -160,12 +160,40 @@ RULES = (
 )
 
 
+#: Rules that judge a candidate by *where* it is (normal enhancement lives there), not by
+#: its shape or strength; a strongly FLAIR-hyperintense candidate is exempt from them
+#: when ``flair_exempt_z > 0`` (see :func:`flair_exempt`).
+LOCATION_RULES = ("brain_edge", "choroid_plexus", "csf_space")
+
+
+def flair_exempt(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
+    """Candidates exempt from the location rules: mean FLAIR z ``>= flair_exempt_z``.
+
+    Juxtacortical and periventricular MS lesions sit exactly where the dura,
+    sulcal veins and choroid plexus enhance, but they are FLAIR-hyperintense
+    and those structures are not. With ``flair_exempt_z`` 2 (the ``flair``
+    preset; 0 disables) the brain-edge, choroid-plexus and CSF-space rules do
+    not apply to a candidate whose mean FLAIR robust z is at least 2: on the
+    Lesjak pairs (unmodified and with inserted lesions) the candidates taken
+    by those rules have a mean FLAIR z of at most 1.7, while the simulator's
+    juxtacortical lesions are at 2.5-8.7. The shape, size, strength and
+    conspicuity rules still apply.
+    """
+    z = t["flair_z"].to_numpy(dtype=np.float64)
+    if p.flair_exempt_z <= 0:
+        return np.zeros(len(t), dtype=bool)
+    return np.isfinite(z) & (z >= p.flair_exempt_z)
+
+
 def apply_rules(table: pd.DataFrame, params: DetectionParams) -> np.ndarray:
     """Reason each candidate is rejected (first failing rule), ``""`` when it is kept."""
     reasons = np.full(len(table), "", dtype=object)
     if len(table) == 0:
         return reasons
+    exempt = flair_exempt(table, params)
     for name, rule in RULES:
         hit = rule(table, params) & (reasons == "")
+        if name in LOCATION_RULES:
+            hit &= ~exempt
         reasons[hit] = name
     return reasons
