@@ -217,7 +217,9 @@ def inspect_command(
                 f"registration: correlation {reg.similarity_before:.3f} -> "
                 f"{reg.similarity_after:.3f}, "
                 f"overlap {reg.overlap_fraction:.0%}, "
-                f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm"
+                f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm\n"
+                f"pipeline: {result.pipeline}"
+                + (" (chosen from slice thickness and FLAIR)" if pipeline == AUTO else "")
             )
         )
         if result.lesion_count:
