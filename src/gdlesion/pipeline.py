@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .anatomy import anatomical_context, anatomy_maps
+from .anatomy import Context, anatomical_context, anatomy_maps
 from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
@@ -45,6 +45,11 @@ __all__ = [
     "package_versions",
     "STAGES",
 ]
+
+#: Lesion-table columns measured only for candidates that pass the size, strength and shape
+#: rules (NaN for the others in the rejected table): they need per-candidate distance maps.
+LAZY_COLUMNS = ("conspicuity", "csf_distance_mm", "ventricle_fraction")
+SHAPE_REASONS = ("too_small", "faint", "vessel")
 
 #: Stage names reported to ``progress`` and used as keys of ``StudyResult.timings``.
 STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "measures")
@@ -238,15 +243,33 @@ def run_study(
     )
 
     def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
-        context = anatomical_context(cand, zooms=zooms, maps=maps)
         nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
         nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
-        table = lesion_features(
-            cand, n, affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
-            nawm_level=nawm_level, context=context, edge_margin_mm=p.edge_margin_mm,
-            ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z, mask=mask_c,
+        kw = dict(
+            affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
+            nawm_level=nawm_level, edge_margin_mm=p.edge_margin_mm,
+            ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
         )
-        return table, apply_rules(table, p), nawm_level
+        # first pass without the costly per-candidate distances (most candidates are
+        # vessels, taken by the shape rules); then those measures for the others only
+        flat = np.flatnonzero(cand)
+        blank = np.full(flat.size, np.nan)
+        light = Context(maps.depth_mm.ravel()[flat], blank, blank)
+        table = lesion_features(cand, n, context=light, **kw)
+        table[list(LAZY_COLUMNS)] = np.nan
+        reasons = apply_rules(table, p)
+        live = ~np.isin(reasons, SHAPE_REASONS)
+        if live.any():
+            ids = table["lesion_id"].to_numpy()[live]
+            lut = np.zeros(n + 1, dtype=np.int32)
+            lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+            sub = lut[cand]
+            context = anatomical_context(sub, zooms=zooms, maps=maps)
+            full = lesion_features(sub, int(ids.size), context=context, mask=mask_c, **kw)
+            for col in LAZY_COLUMNS:
+                table.loc[live, col] = full[col].to_numpy()
+            reasons = apply_rules(table, p)
+        return table, reasons, nawm_level
 
     table, reasons, nawm_level = judge(candidates, n_cand)
     if p.vessel_carve_mm > 0 and (reasons == "vessel").any():
