@@ -246,3 +246,21 @@ def test_flair_exemption_from_location_rules_only():
     # shape rules still apply to FLAIR-bright candidates
     assert apply_rules(_table(blob_ratio=0.1, flair_z=5.0), p).tolist() == ["vessel"]
     assert load_params("flair").flair_exempt_z == 2.0 and load_params().flair_exempt_z == 0.0
+
+
+def test_fill_holes_matches_scipy_in_3d_and_slice_by_slice(rng):
+    from scipy import ndimage as ndi
+
+    from gdlesion.preprocess import fill_holes
+
+    for _ in range(10):
+        shape = tuple(int(s) for s in rng.integers(5, 25, 3))
+        m = ndi.gaussian_filter(rng.random(shape), 1.2) > rng.uniform(0.45, 0.55)
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+        for axis in range(3):
+            st = np.zeros((3, 3, 3), dtype=bool)
+            plane = [slice(None)] * 3
+            plane[axis] = 1
+            st[tuple(plane)] = ndi.generate_binary_structure(2, 1)
+            expected = ndi.binary_fill_holes(m, structure=st)
+            assert np.array_equal(fill_holes(m, in_plane_of=axis), expected)

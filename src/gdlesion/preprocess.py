@@ -20,6 +20,7 @@ from .skullstrip import watershed_brain
 
 __all__ = [
     "estimate_brain_mask",
+    "fill_holes",
     "conditional_median_mapping",
     "tissue_thresholds",
     "n4_bias_field",
@@ -46,6 +47,38 @@ def ball(radius_mm: float, zooms: np.ndarray) -> np.ndarray:
         *[np.arange(-h, h + 1) * z for h, z in zip(half, zooms, strict=True)], indexing="ij"
     )
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-9
+
+
+def fill_holes(mask: np.ndarray, *, in_plane_of: int | None = None) -> np.ndarray:
+    """Fill the holes of ``mask`` (as ``scipy.ndimage.binary_fill_holes``, several times faster).
+
+    A hole is a background component (face connectivity) that does not touch
+    the array border. With ``in_plane_of=axis`` the holes are those of each
+    slice perpendicular to ``axis`` (connectivity and border within the slice),
+    as filling slice by slice. One labelling instead of scipy's iterated
+    dilation from the border.
+    """
+    background = ~np.asarray(mask, dtype=bool)
+    if in_plane_of is None:
+        structure = ndi.generate_binary_structure(3, 1)
+        border_axes = (0, 1, 2)
+    else:
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        plane = [slice(None)] * 3
+        plane[in_plane_of] = 1  # type: ignore[call-overload]
+        structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
+        border_axes = tuple(a for a in range(3) if a != in_plane_of)
+    lab, n = ndi.label(background, structure=structure)
+    if n == 0:
+        return ~background
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in border_axes:
+        for index in (0, -1):
+            face = [slice(None)] * 3
+            face[axis] = index  # type: ignore[call-overload]
+            outside[lab[tuple(face)]] = True
+    outside[0] = True  # the mask itself
+    return ~outside[lab] | ~background
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -266,13 +299,8 @@ def estimate_brain_mask(
     brain = small[index] & tissue
     del tissue, small
     brain = _largest_component(brain)
-    brain = ndi.binary_fill_holes(brain)
-    axis = _slice_axis(affine)
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    plane = [slice(None)] * 3
-    plane[axis] = 1  # type: ignore[call-overload]
-    structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
-    brain = ndi.binary_fill_holes(brain, structure=structure)
+    brain = fill_holes(brain)
+    brain = fill_holes(brain, in_plane_of=_slice_axis(affine))
     volume_ml = float(brain.sum()) * float(np.prod(zooms)) / 1000.0
     if volume_ml < min_volume_ml:
         raise SegmentationError(
