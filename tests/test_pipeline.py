@@ -221,6 +221,7 @@ def test_flair_rejects_candidates_without_flair_lesion(planted):
     flair[truth == 1] = 900.0  # only lesion 1 sits in a FLAIR lesion
     flair += np.random.default_rng(3).normal(0, 5, flair.shape).astype(np.float32) * (flair > 0)
     result = run_study(pre, post, flair=Volume(flair, post.affine, "flair.nii.gz"))
+    assert result.pipeline == "flair"  # chosen automatically: 3-D grid with a FLAIR
     assert result.lesion_count == 1
     assert (result.labels[truth == 1] > 0).any()
     assert "no_flair_lesion" in set(result.rejected["reason"])
