@@ -85,8 +85,8 @@ def _table(**values):
     ("values", "reason"),
     [
         ({}, ""),
-        ({"volume_mm3": 9.99}, "too_small"),
-        ({"volume_mm3": 10.0}, ""),
+        ({"volume_mm3": 5.99}, "too_small"),
+        ({"volume_mm3": 6.0}, ""),
         ({"elongation": 3.0, "length_mm": 6.0}, "vessel"),
         ({"elongation": 3.0, "length_mm": 5.9}, ""),
         ({"thickness_mm": 5.0, "compactness": 6.0}, "vessel"),

@@ -93,8 +93,12 @@ class DetectionParams:
         midpoint of a uniformly enhancing lesion, which makes volumes unbiased
         (0 keeps the whole hysteresis region).
     min_volume_mm3 : float
-        Smallest reported lesion (inclusive). 10 mm3 keeps lesions of 3 mm
-        diameter (14 mm3) with room for partial volume.
+        Smallest reported lesion (inclusive). A 3 mm sphere is 14 mm3, but
+        the half-maximum boundary of a faint 3 mm lesion can hold only 6-8
+        voxels at 1 mm; 6 mm3 keeps them. Measured on the Lesjak pairs with
+        inserted lesions: 10 -> 6 mm3 finds two more 3 mm lesions (16 -> 18 of
+        24) with the same false positives (2.0 per scan) and the same
+        detections on the unmodified pairs.
     min_enhancement_pct : float
         Smallest reported peak enhancement, % of normal-appearing white matter
         (inclusive; :func:`gdlesion.rules.faint`). 0 (default) disables it; the
@@ -185,7 +189,7 @@ class DetectionParams:
     misregistration_mm: float = 0.5
     noise_guide_mm: float = 0.0
     boundary_fraction: float = 0.5
-    min_volume_mm3: float = 10.0
+    min_volume_mm3: float = 6.0
     min_enhancement_pct: float = 0.0
     split_saddle_ratio: float = 0.4
     vessel_elongation: float = 3.0

@@ -20,7 +20,7 @@ __all__ = ["RULES", "LOCATION_RULES", "apply_rules", "flair_exempt"]
 def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     """Smaller than ``min_volume_mm3`` (reported lesions have ``volume_mm3 >= min_volume_mm3``).
 
-    10 mm3 by default: a 3 mm sphere is 14 mm3, and isolated noise clusters
+    6 mm3 by default (see ``DetectionParams.min_volume_mm3``); isolated noise clusters
     that pass the hysteresis thresholds are a few voxels.
     """
     return (t["volume_mm3"] < p.min_volume_mm3 - 1e-9).to_numpy()
