@@ -16,12 +16,15 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from .errors import SegmentationError
+from .skullstrip import largest_component as _largest_component
 from .skullstrip import watershed_brain
 
 __all__ = [
     "estimate_brain_mask",
     "fill_holes",
     "conditional_median_mapping",
+    "equal_count_bins",
+    "per_bin_median",
     "tissue_thresholds",
     "n4_bias_field",
     "bounding_box",
@@ -79,15 +82,6 @@ def fill_holes(mask: np.ndarray, *, in_plane_of: int | None = None) -> np.ndarra
             outside[lab[tuple(face)]] = True
     outside[0] = True  # the mask itself
     return ~outside[lab] | ~background
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
 
 
 #: Semi-axes (mm, world R-L, A-P, S-I) of the region around the brain's centre kept in a
@@ -342,22 +336,38 @@ def conditional_median_mapping(
     step = max(1, int(np.count_nonzero(mask)) // 500_000)
     x = pre[mask][::step].astype(np.float64)
     y = post[mask][::step].astype(np.float64)
-    edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
-    idx = np.searchsorted(edges, x, side="right")
-    counts = np.bincount(idx, minlength=edges.size + 1)
-    keep = counts > 0
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    mid = starts + (counts - 1) // 2
-    y_sorted = y[np.lexsort((y, idx))]
-    x_sorted = x[np.lexsort((x, idx))]
-    centres = x_sorted[mid[keep]]
-    medians = y_sorted[mid[keep]]
+    idx, mid, _ = equal_count_bins(x, n_bins=n_bins)
+    centres = per_bin_median(x, idx, mid)
+    medians = per_bin_median(y, idx, mid)
     # a short running mean removes bin-to-bin jitter without bending the curve
     if medians.size >= 5:
         kernel = np.ones(3) / 3.0
         medians[1:-1] = np.convolve(medians, kernel, mode="valid")
     centres, first = np.unique(centres, return_index=True)
     return np.interp(pre, centres, medians[first]).astype(np.float32)
+
+
+def equal_count_bins(x: np.ndarray, *, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort samples ``x`` into ``n_bins`` equal-count (quantile) bins.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(idx, mid, keep)``: the bin of each sample, the position of each
+        non-empty bin's lower median in a per-bin sorted order (see
+        :func:`per_bin_median`), and which bins are non-empty.
+    """
+    edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    idx = np.searchsorted(edges, x, side="right")
+    counts = np.bincount(idx, minlength=edges.size + 1)
+    keep = counts > 0
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return idx, (starts + (counts - 1) // 2)[keep], keep
+
+
+def per_bin_median(values: np.ndarray, idx: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """Lower median of ``values`` in each non-empty bin of :func:`equal_count_bins` (one sort)."""
+    return values[np.lexsort((values, idx))][mid]
 
 
 def tissue_thresholds(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

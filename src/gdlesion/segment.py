@@ -18,6 +18,7 @@ from skimage.segmentation import watershed
 
 from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
+from .preprocess import equal_count_bins, per_bin_median
 
 __all__ = [
     "DetectionParams",
@@ -71,20 +72,11 @@ def conditional_spread(
     step = max(1, int(np.count_nonzero(mask)) // 500_000)
     x = guide[mask][::step].astype(np.float64)
     y = values[mask][::step].astype(np.float64)
-    edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
-    idx = np.searchsorted(edges, x, side="right")
-    counts = np.bincount(idx, minlength=edges.size + 1)
-    keep = counts > 0
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    mid = (starts + (counts - 1) // 2)[keep]
-
-    def bin_medians(v: np.ndarray) -> np.ndarray:
-        return v[np.lexsort((v, idx))][mid]
-
-    centres = bin_medians(x)
-    med = np.zeros(counts.size)
-    med[keep] = bin_medians(y)
-    spread = 1.4826 * bin_medians(np.abs(y - med[idx]))
+    idx, mid, keep = equal_count_bins(x, n_bins=n_bins)
+    centres = per_bin_median(x, idx, mid)
+    med = np.zeros(keep.size)
+    med[keep] = per_bin_median(y, idx, mid)
+    spread = 1.4826 * per_bin_median(np.abs(y - med[idx]), idx, mid)
     centres, first = np.unique(centres, return_index=True)
     return np.interp(guide, centres, spread[first]).astype(np.float32)
 

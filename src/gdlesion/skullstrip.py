@@ -19,10 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-__all__ = ["watershed_brain"]
+__all__ = ["largest_component", "watershed_brain"]
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Return the largest face-connected component of ``mask`` (``mask`` itself when empty)."""
     lab, n = ndi.label(mask)
     if n == 0:
         return mask
@@ -71,7 +72,7 @@ def watershed_brain(
     zooms = np.asarray(zooms, dtype=float)
     depth = ndi.distance_transform_edt(head, sampling=zooms)
     strict_depth = ndi.distance_transform_edt(head & (smooth > floor), sampling=zooms)
-    core = _largest(strict_depth > core_mm)
+    core = largest_component(strict_depth > core_mm)
     del strict_depth
     if not core.any():
         return np.zeros(head.shape, dtype=bool)
