@@ -19,25 +19,10 @@ import time
 
 import numpy as np
 
-from gdlesion.phantom import TISSUES, build_anatomy
 from gdlesion.preprocess import estimate_brain_mask
-from gdlesion.simulate import _render, simulate_study
+from gdlesion.simulate import simulate_study, truth_brain_mask
 
-BRAIN = ("wm", "gm", "deep_gm", "csf", "choroid")
 CASES = [("1mm", None), ("2d", None), ("1mm", 3.0), ("1mm", 2.0), ("1mm", 4.0)]
-
-
-def truth_brain(study) -> np.ndarray:
-    """Simulator brain (GM+WM+deep GM+choroid+CSF >= 0.5) on the post grid."""
-    s = study.truth["settings"]
-    affine, shape = study.post.affine, study.post.shape
-    spacing = float(max(1.0, min(np.abs(np.diag(affine)[:3])) / 2.0))
-    anat = build_anatomy(s["subject_seed"], spacing)
-    values = {t: (255.0 if t in BRAIN else 0.0) for t in TISSUES}
-    img, _ = _render(anat, values, affine=affine, shape=shape,
-                     thickness=study.truth["slice_thickness_mm"], to_world=np.eye(4),
-                     lesions=[], lesion_values=[])
-    return img / 255.0 >= 0.5
 
 
 def main() -> None:
@@ -50,7 +35,7 @@ def main() -> None:
         for seed in args.seeds:
             st = simulate_study(resolution=res, voxel_size=vs, seed=seed, n_lesions=0,
                                 with_flair=False)
-            truth = truth_brain(st)
+            truth = truth_brain_mask(st)
             t0 = time.perf_counter()
             mask = estimate_brain_mask(st.post.data, st.post.affine)
             dt = time.perf_counter() - t0

@@ -16,24 +16,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from gdlesion.io import load_volume
-from gdlesion.phantom import TISSUES, build_anatomy
 from gdlesion.preprocess import estimate_brain_mask
-from gdlesion.simulate import _render, simulate_study
+from gdlesion.simulate import simulate_study, truth_brain_mask
 from gdlesion.skullstrip import watershed_brain
-
-BRAIN = ("wm", "gm", "deep_gm", "csf", "choroid")
-
-
-def _truth_brain(study) -> np.ndarray:
-    s = study.truth["settings"]
-    affine, shape = study.post.affine, study.post.shape
-    spacing = float(max(1.0, min(np.abs(np.diag(affine)[:3])) / 2.0))
-    anat = build_anatomy(s["subject_seed"], spacing)
-    values = {t: (255.0 if t in BRAIN else 0.0) for t in TISSUES}
-    img, _ = _render(anat, values, affine=affine, shape=shape,
-                     thickness=study.truth["slice_thickness_mm"], to_world=np.eye(4),
-                     lesions=[], lesion_values=[])
-    return img / 255.0 >= 0.5
 
 
 def _leak_miss(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -53,7 +38,7 @@ def test_coarse_full_head_mask_does_not_leak(resolution, voxel_size, seed, max_l
     study = simulate_study(resolution=resolution, voxel_size=voxel_size, seed=seed,
                            n_lesions=0, with_flair=False)
     mask = estimate_brain_mask(study.post.data, study.post.affine)
-    leak, miss = _leak_miss(mask, _truth_brain(study))
+    leak, miss = _leak_miss(mask, truth_brain_mask(study))
     assert leak <= max_leak, f"leak {leak:.3f}"
     assert miss <= max_miss, f"miss {miss:.3f}"
 
@@ -67,7 +52,7 @@ def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
     """
     study = simulate_study(resolution="1mm", voxel_size=4.0, seed=1, n_lesions=0,
                            with_flair=False)
-    truth = _truth_brain(study)
+    truth = truth_brain_mask(study)
     zooms = np.asarray(study.post.zooms)
     data, affine = study.post.data, study.post.affine
     depth = ndi.distance_transform_edt(truth, sampling=zooms)
@@ -93,12 +78,12 @@ def test_fine_full_head_keeps_the_plain_opening():
     mask = estimate_brain_mask(data, affine)
     other = estimate_brain_mask(data, affine, full_head_core_mm=20.0, full_head_floor=0.1)
     assert np.array_equal(mask, other)
-    leak, miss = _leak_miss(mask, _truth_brain(study))
+    leak, miss = _leak_miss(mask, truth_brain_mask(study))
     assert leak <= 0.02 and miss <= 0.22, (leak, miss)  # measured 0.008 / 0.191
     # forcing the coarse path on it stays inside the brain but misses more of it (measured
     # 0.002 / 0.252: the 11 mm opening trims cerebellum and temporal tips), hence coarse-only
     coarse = estimate_brain_mask(data, affine, coarse_voxel_mm=1.0)
-    leak_c, miss_c = _leak_miss(coarse, _truth_brain(study))
+    leak_c, miss_c = _leak_miss(coarse, truth_brain_mask(study))
     assert leak_c <= 0.02 and miss <= miss_c <= 0.3, (leak_c, miss_c)
 
 

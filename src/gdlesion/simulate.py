@@ -40,6 +40,7 @@ __all__ = [
     "chronic_lesions",
     "RESOLUTIONS",
     "study_grid",
+    "truth_brain_mask",
     "write_study",
     "write_bids_dataset",
 ]
@@ -468,3 +469,24 @@ def _truth(
 
 # Writers live in their own module (file layout, BIDS); re-exported as part of this API.
 from .simulate_write import write_bids_dataset, write_study  # noqa: E402
+
+#: Tissues that make up the brain (inside the dura) in :func:`truth_brain_mask`.
+BRAIN_TISSUES = ("wm", "gm", "deep_gm", "csf", "choroid")
+
+
+def truth_brain_mask(study: SimulatedStudy) -> np.ndarray:
+    """Return the simulator's brain on the post grid: partial-volume brain tissue >= 0.5.
+
+    White and grey matter, deep grey matter, choroid plexus and CSF inside the
+    dura (:data:`BRAIN_TISSUES`), rendered with the study's slice profile:
+    the reference for brain-mask accuracy.
+    """
+    s = study.truth["settings"]
+    affine, shape = study.post.affine, study.post.shape
+    spacing = float(max(1.0, min(np.abs(np.diag(affine)[:3])) / 2.0))
+    anat = build_anatomy(s["subject_seed"], spacing)
+    values = {t: (255.0 if t in BRAIN_TISSUES else 0.0) for t in TISSUES}
+    img, _ = _render(anat, values, affine=affine, shape=shape,
+                     thickness=study.truth["slice_thickness_mm"], to_world=np.eye(4),
+                     lesions=[], lesion_values=[])
+    return img / 255.0 >= 0.5
