@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from conftest import oblique_affine
 from gdlesion.errors import RegistrationError
@@ -175,6 +177,20 @@ def test_deterministic_bit_identical(synthetic_pair):
     np.testing.assert_array_equal(first.registered.data, second.registered.data)
     assert json.dumps(first.qc_dict(), sort_keys=True) == json.dumps(
         {**second.qc_dict(), "elapsed_s": first.qc_dict()["elapsed_s"]}, sort_keys=True)
+
+
+def test_concurrent_registrations_are_bit_identical_and_restore_itk_threads(synthetic_pair):
+    """run_study registers pre and FLAIR in two threads: each must equal a lone run."""
+    moving, fixed, _ = synthetic_pair
+    alone = register_rigid(moving, fixed)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = [pool.submit(register_rigid, moving, fixed) for _ in range(3)]
+        results = [job.result() for job in jobs]
+    for result in results:
+        np.testing.assert_array_equal(result.matrix_ras, alone.matrix_ras)
+        np.testing.assert_array_equal(result.registered.data, alone.registered.data)
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
 
 
 def test_qc_dict_is_json_ready(synthetic_pair):

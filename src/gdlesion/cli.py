@@ -194,6 +194,9 @@ def inspect_command(
             from .io import ensure_writable_dir
 
             ensure_writable_dir(out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask))
+            from .qcfigure import preload_matplotlib
+
+            preload_matplotlib()
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=err_console, transient=True,

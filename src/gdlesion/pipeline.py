@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,27 +184,41 @@ def run_study(
             f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
         )
 
-    stage("brain_mask")
-    if brain_mask is None:
-        mask = estimate_brain_mask(
-            post_v.data, post_v.affine, opening_mm=p.brain_opening_mm,
-            min_volume_ml=p.min_brain_volume_ml, name=f"post-contrast scan {post_v.name}".strip(),
+    # The rigid registrations (SimpleITK, single-threaded each, GIL released) run in
+    # background threads while the brain mask is estimated: same results, less wall time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reg_job = pool.submit(register_rigid, pre_v, post_v, min_overlap=0.0)
+        flair_job = (
+            pool.submit(register_rigid, flair_v, post_v, min_overlap=p.min_overlap)
+            if flair_v is not None else None
         )
-    else:
-        mask = np.asarray(brain_mask, dtype=bool)
+        stage("brain_mask")
+        if brain_mask is None:
+            try:
+                mask = estimate_brain_mask(
+                    post_v.data, post_v.affine, opening_mm=p.brain_opening_mm,
+                    min_volume_ml=p.min_brain_volume_ml,
+                    name=f"post-contrast scan {post_v.name}".strip(),
+                )
+            except BaseException:
+                for job in (reg_job, flair_job):
+                    if job is not None:
+                        job.cancel()
+                raise
+        else:
+            mask = np.asarray(brain_mask, dtype=bool)
 
-    stage("registration")
-    # the overlap that matters here is the brain's: checked below on the brain mask
-    reg = register_rigid(pre_v, post_v, min_overlap=0.0)
-    covered = float(np.count_nonzero(reg.registered.data[mask])) / max(int(mask.sum()), 1)
-    if covered < p.min_overlap:
-        raise RegistrationError(
-            f"pre-contrast scan {pre_v.name}: covers only {covered:.0%} of the post scan's brain "
-            f"after registration (minimum {p.min_overlap:.0%}); are these scans of the same head?"
-        )
-    flair_reg = None
-    if flair_v is not None:
-        flair_reg = register_rigid(flair_v, post_v, min_overlap=p.min_overlap).registered.data
+        stage("registration")  # the time still spent waiting for the registrations
+        # the overlap that matters here is the brain's: checked below on the brain mask
+        reg = reg_job.result()
+        covered = float(np.count_nonzero(reg.registered.data[mask])) / max(int(mask.sum()), 1)
+        if covered < p.min_overlap:
+            raise RegistrationError(
+                f"pre-contrast scan {pre_v.name}: covers only {covered:.0%} of the post scan's "
+                f"brain after registration (minimum {p.min_overlap:.0%}); are these scans of the "
+                "same head?"
+            )
+        flair_reg = flair_job.result().registered.data if flair_job is not None else None
 
     stage("normalisation")
     box = bounding_box(mask, margin=2)
@@ -223,24 +238,27 @@ def run_study(
     pre_mapped = conditional_median_mapping(pre_c, post_c, mask_c)
 
     stage("detection")
-    z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
-    residual = post_c - pre_mapped
-    candidates, n_cand = find_candidates(
-        z, resid_s, residual, mask_c, zooms, params=p
-    )
-    del resid_s
-
-    stage("measures")
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
+    # the candidate-independent anatomy (scipy, GIL released) is mapped in a background
+    # thread while the candidates are found: same results, less wall time
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        maps_job = pool.submit(
+            anatomy_maps, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
+            csf_threshold=csf_gm,
+        )
+        z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
+        residual = post_c - pre_mapped
+        candidates, n_cand = find_candidates(
+            z, resid_s, residual, mask_c, zooms, params=p
+        )
+        del resid_s
+        stage("measures")
+        maps = maps_job.result()
     flair_z = None
     if flair_reg is not None:
         fl = flair_reg[box]
         med, sd = robust_sigma(fl[mask_c])
         flair_z = ((fl - med) / sd).astype(np.float32)
-
-    maps = anatomy_maps(
-        mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms, csf_threshold=csf_gm
-    )
 
     def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
         nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
@@ -442,18 +460,30 @@ def write_study_outputs(
     out.mkdir(parents=True, exist_ok=True)
     aff = result.post.affine
     label_dtype = np.int16 if max(result.lesion_count, len(result.rejected)) < 32767 else np.int32
-    io.save_volume(out / "lesion_labels.nii.gz", result.labels, aff, dtype=label_dtype)
-    io.save_volume(out / "lesion_mask.nii.gz", result.labels > 0, aff, dtype=np.uint8)
-    io.save_volume(out / "rejected_labels.nii.gz", result.rejected_labels, aff, dtype=label_dtype)
-    io.save_volume(out / "brain_mask.nii.gz", result.brain_mask, aff, dtype=np.uint8)
-    io.save_volume(out / "pre_registered.nii.gz", result.pre_registered.data, aff)
-    io.save_volume(out / "enhancement.nii.gz", result.enhancement.data, aff)
-    io.write_text_atomic(out / "lesions.csv", lesions_table_csv(result.lesions[LESION_COLUMNS]))
-    io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
-    save_qc_png(result, out / "qc.png")
-    io.write_json_atomic(out / "summary.json", result.summary_dict())
-    if report:
-        from .report import write_inspect_report
+    volumes = (
+        ("lesion_labels.nii.gz", result.labels, label_dtype),
+        ("lesion_mask.nii.gz", result.labels > 0, np.uint8),
+        ("rejected_labels.nii.gz", result.rejected_labels, label_dtype),
+        ("brain_mask.nii.gz", result.brain_mask, np.uint8),
+        ("pre_registered.nii.gz", result.pre_registered.data, np.float32),
+        ("enhancement.nii.gz", result.enhancement.data, np.float32),
+    )
+    # gzip compression (GIL released) in background threads while the figures are drawn
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [
+            pool.submit(io.save_volume, out / name, data, aff, dtype=dtype)
+            for name, data, dtype in volumes
+        ]
+        io.write_text_atomic(
+            out / "lesions.csv", lesions_table_csv(result.lesions[LESION_COLUMNS])
+        )
+        io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
+        save_qc_png(result, out / "qc.png")
+        io.write_json_atomic(out / "summary.json", result.summary_dict())
+        if report:
+            from .report import write_inspect_report
 
-        write_inspect_report(result, out, inputs=inputs)
+            write_inspect_report(result, out, inputs=inputs)
+        for job in jobs:
+            job.result()
     return out

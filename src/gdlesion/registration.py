@@ -32,6 +32,7 @@ keep the matrix bit-identical run to run; resampling stays multithreaded.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -272,15 +273,38 @@ def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
     return transform, metric_initial, metric_final, records
 
 
+_THREADS_STATE = {"active": 0, "value": 0, "old": 0}
+_THREADS_CHANGED = threading.Condition()
+
+
 @contextlib.contextmanager
 def _itk_threads(threads: int) -> Iterator[None]:
-    """Temporarily set ITK's global thread count (the v4 metrics ignore per-method settings)."""
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    """Temporarily set ITK's global thread count (the v4 metrics ignore per-method settings).
+
+    The setting is process-wide, so concurrent registrations (e.g. pre and
+    FLAIR in :func:`gdlesion.pipeline.run_study`) share it: the first one in
+    sets it, the last one out restores it, and a registration asking for
+    another count waits until the others are done (never changed under a
+    running one, which keeps every matrix bit-identical).
+    """
+    threads = int(threads)
+    state = _THREADS_STATE
+    with _THREADS_CHANGED:
+        while state["active"] and state["value"] != threads:
+            _THREADS_CHANGED.wait()
+        if not state["active"]:
+            state["old"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            state["value"] = threads
+        state["active"] += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+        with _THREADS_CHANGED:
+            state["active"] -= 1
+            if not state["active"]:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(state["old"])
+                _THREADS_CHANGED.notify_all()
 
 
 @dataclass(frozen=True)

@@ -221,26 +221,32 @@ def split_touching(
     if saddle_ratio <= 0:
         return relabel_sequential(out)
     fg_all = out > 0
-    logz = np.zeros(z.shape, dtype=np.float32)
-    np.log(z, out=logz, where=fg_all)
-    logz[fg_all] -= logz[fg_all].min() - np.float32(1.0)  # positive inside, 0 outside
-    # h-maxima transform (ITK's, much faster than a grey reconstruction in Python land)
-    rec = sitk.HMaxima(sitk.GetImageFromArray(logz), float(-np.log(saddle_ratio)))
-    peaks = sitk.GetArrayFromImage(
-        sitk.RegionalMaxima(rec, backgroundValue=0, foregroundValue=1, fullyConnected=True)
-    ).astype(bool)
-    del logz, rec
-    peaks &= fg_all
-    marker_comps = np.bincount(out[peaks], minlength=int(out.max()) + 1)
+    if not fg_all.any():
+        return relabel_sequential(out)
+    # log z shifted to be >= 1 inside the candidates, 0 outside (one global shift)
+    shift = np.log(z[fg_all].astype(np.float32, copy=False)).min() - np.float32(1.0)
+    h = float(-np.log(saddle_ratio))
     next_label = int(out.max()) + 1
     sizes = np.bincount(out.ravel())
     for idx, box in enumerate(ndi.find_objects(out)):
         comp = idx + 1
-        if box is None or sizes[comp] < 2 * min_voxels or marker_comps[comp] < 2:
+        if box is None or sizes[comp] < 2 * min_voxels:
             continue
         fg = out[box] == comp
         zc = np.where(fg, z[box], 0.0).astype(np.float32)
-        markers, n_markers = ndi.label(peaks[box] & fg, structure=CONNECTIVITY)
+        # h-maxima transform (ITK's) in the component's box: components are
+        # 26-separated by background (0), so this equals the whole-volume transform
+        logz = np.zeros(fg.shape, dtype=np.float32)
+        np.log(zc, out=logz, where=fg)
+        logz[fg] -= shift
+        rec = sitk.HMaxima(sitk.GetImageFromArray(logz), h)
+        peaks = sitk.GetArrayFromImage(
+            sitk.RegionalMaxima(rec, backgroundValue=0, foregroundValue=1, fullyConnected=True)
+        ).astype(bool)
+        peaks &= fg
+        if np.count_nonzero(peaks) < 2:
+            continue
+        markers, n_markers = ndi.label(peaks, structure=CONNECTIVITY)
         while n_markers > 1:
             pieces = watershed(-zc, markers, mask=fg, connectivity=CONNECTIVITY)
             piece_sizes = np.bincount(pieces[fg], minlength=n_markers + 1)
