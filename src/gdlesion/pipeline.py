@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from ._memory import release_freed_memory
 from .anatomy import Context, anatomical_context, anatomy_maps
 from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
@@ -156,6 +157,7 @@ def run_study(
     current: dict[str, Any] = {"name": None, "t": 0.0}
 
     def stage(name: str | None) -> None:
+        release_freed_memory()  # what the threaded stages freed (see gdlesion._memory)
         now = time.perf_counter()
         if current["name"] is not None:
             timings[current["name"]] = round(now - current["t"], 3)
