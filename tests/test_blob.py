@@ -37,8 +37,15 @@ def test_blob_ratio_separates_blobs_from_tubes_and_plates(kind, lo, hi):
         assert strength[0] > 0
 
 
-def test_blob_ratio_is_nan_on_thick_slices_and_empty_for_no_peaks():
-    ratio, strength = peak_blob_ratio(_shape("ball"), CENTRE, np.array([0.9, 0.9, 5.5]))
+def test_blob_ratio_is_in_plane_on_thick_slices_nan_on_coarse_grids_and_empty_for_no_peaks():
+    thick = np.array([0.9, 0.9, 5.5])
+    ball, strength = peak_blob_ratio(_shape("ball"), CENTRE, thick)
+    assert ball[0] > 0.9 and strength[0] > 0
+    in_plane = np.zeros(SHAPE, dtype=np.float32)  # a vessel running within slice 20
+    in_plane[:, 20, 20] = 1.0 - 1e-3 * (np.arange(SHAPE[0]) - 20.0) ** 2
+    tube, _ = peak_blob_ratio(ndi.gaussian_filter(in_plane, (2.0, 2.0, 0.3)), CENTRE, thick)
+    assert tube[0] < 0.1
+    ratio, strength = peak_blob_ratio(_shape("ball"), CENTRE, np.array([0.9, 3.0, 5.5]))
     assert np.isnan(ratio).all() and np.isnan(strength).all()
     ratio, _ = peak_blob_ratio(_shape("ball"), np.zeros((0, 3), int), np.ones(3))
     assert ratio.shape == (0,)

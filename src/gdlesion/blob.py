@@ -18,6 +18,12 @@ Only the candidates' peaks are evaluated: the Hessian there is a dot product
 of a patch with Gaussian second-derivative kernels, for all candidates at
 once (one gather and one matrix product), so the cost does not depend on the
 image size.
+
+On thick 2-D slices (one voxel edge above :data:`MAX_VOXEL_MM`) the measure is
+the in-plane one of the peak's slice. On twelve simulated 2-D heads
+(0.9x0.9x5.5 mm, ``clinical-2d``) this lets blob seeding find one more lesion of
+3 mm or more (47 instead of 46 of 56) and two smaller ones, for one more false
+detection (4 instead of 3); TCGA native 2-D pair unchanged.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ __all__ = ["MAX_VOXEL_MM", "SCALES_MM", "carve_thick_cores", "label_peaks", "pea
 #: Gaussian scales (sigma, mm) at which the Hessian is evaluated: lesions of 3 to ~14 mm.
 SCALES_MM = (1.0, 1.5, 2.0, 3.0)
 
-#: On a grid coarser than this along any axis (thick 2-D slices) a Gaussian of 1-3 mm is
-#: not sampled across slices, the curvature along that axis is meaningless and the
-#: measure is NaN (the rules and seeding that use it are then skipped).
+#: On a grid coarser than this along an axis (thick 2-D slices) a Gaussian of 1-3 mm is
+#: not sampled across slices and the curvature along that axis is meaningless: with one
+#: such axis the measure is taken in-plane (the 2x2 Hessian within the peak's slice);
+#: with two or more it is NaN (the rules and seeding that use it are then skipped).
 MAX_VOXEL_MM = 2.0
 
 
@@ -103,15 +110,21 @@ def peak_blob_ratio(
         ``(ratio, strength)``, each of length ``n``: ``lambda_max / lambda_min``
         at the selected scale (in ``[-1, 1]``; 0 where the peak is flat) and the
         scale-normalised ``-lambda_max`` there (positive only where all three
-        curvatures are negative), in the units of ``image``. Both are NaN when
-        a voxel edge exceeds :data:`MAX_VOXEL_MM`.
+        curvatures are negative), in the units of ``image``. When one voxel
+        edge exceeds :data:`MAX_VOXEL_MM` (thick slices) both are those of the
+        in-plane 2x2 Hessian of the peak's slice: a lesion is round in-plane
+        (ratio near 1), a vessel running in the slice is a line (near 0), but
+        a vessel crossing the slice is a dot (near 1, as a lesion). NaN when
+        two or more edges exceed it.
     """
     peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
     n = len(peaks)
     zooms = np.asarray(zooms, dtype=np.float64)
-    if n == 0 or zooms.max() > MAX_VOXEL_MM:
+    thick = zooms > MAX_VOXEL_MM
+    if n == 0 or thick.sum() > 1:
         return np.full(n, np.nan), np.full(n, np.nan)
     half = np.ceil(3.5 * max(scales) / zooms).astype(int)
+    half[thick] = 0  # thick slices: the in-plane Hessian of the peak's own slice
     padded = np.pad(np.asarray(image, dtype=np.float32), [(h, h) for h in half])
     offsets = np.stack(
         np.meshgrid(*[np.arange(2 * h + 1) for h in half], indexing="ij"), axis=-1
@@ -124,10 +137,14 @@ def peak_blob_ratio(
     for c, (i, j) in enumerate(((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))):
         hess[:, :, i, j] = r[:, :, c]
         hess[:, :, j, i] = r[:, :, c]
+    if thick.any():
+        keep = np.flatnonzero(~thick)
+        hess = hess[:, :, keep][:, :, :, keep]
     ev = np.linalg.eigvalsh(hess)  # ascending: ev[..., 0] most negative
-    best = np.argmin(ev[:, :, 2], axis=1)
+    top = ev.shape[-1] - 1
+    best = np.argmin(ev[:, :, top], axis=1)
     chosen = ev[np.arange(n), best]
-    lo, hi = chosen[:, 0], chosen[:, 2]
+    lo, hi = chosen[:, 0], chosen[:, top]
     ratio = np.where(lo < 0, hi / np.where(lo < 0, lo, -1.0), 0.0)
     return np.clip(ratio, -1.0, 1.0), -hi
 

@@ -64,7 +64,8 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     ``blob_ratio`` (:func:`gdlesion.blob.peak_blob_ratio`) is 1 for a ball,
     0.4 for a 2:1 ovoid and near 0 for a tube or a plate; 0.3 sits halfway
     between a 2:1 ovoid lesion and a 3:1 tube. Rings are exempt (a ring's peak
-    is on its curved rim); NaN (thick slices) and a threshold of 0 skip it.
+    is on its curved rim); on thick slices the in-plane ratio is used (a vein
+    running within a slice is a line there); NaN and a threshold of 0 skip it.
     """
     straight = (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
     branching = (
