@@ -1,9 +1,10 @@
 """One study: load -> register -> preprocess -> segment -> measure -> :class:`StudyResult`.
 
-:func:`run_study` does no file writing and no printing; :func:`write_study_outputs`
-writes the ``gdlesion inspect --out`` layout from a result, built from small
-reusable pieces (:func:`lesions_table_csv`, :func:`summary_json_dict`) that the
-batch runner uses for its own layout.
+:func:`run_study` does no file writing and no printing;
+:func:`gdlesion.outputs.write_study_outputs` (re-exported here) writes the
+``gdlesion inspect --out`` layout from a result, with :func:`summary_json_dict`
+(here) and :func:`gdlesion.outputs.lesions_table_csv`, which the batch runner
+also uses for its own layout.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,8 @@ from .anatomy import Context, anatomical_context, anatomy_maps
 from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
-from .measure import LESION_COLUMNS, empty_table, lesion_features
+from .measure import empty_table, lesion_features
+from .outputs import lesions_table_csv, write_study_outputs  # re-exported
 from .params import AUTO, DetectionParams, auto_preset, load_params
 from .preprocess import (
     bounding_box,
@@ -424,68 +425,3 @@ def summary_json_dict(result: StudyResult) -> dict[str, Any]:
         "versions": package_versions(),
         "timings_s": dict(result.timings),
     }
-
-
-def lesions_table_csv(table: pd.DataFrame) -> str:
-    """Render a lesion (or rejected) table as CSV text: fixed float format, LF line ends.
-
-    A table without rows gives the header line only.
-    """
-    return table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
-
-
-def write_study_outputs(
-    result: StudyResult,
-    out_dir: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    inputs: tuple = (),
-    report: bool = True,
-) -> Path:
-    """Write the ``inspect --out`` files atomically into ``out_dir``.
-
-    Files: ``lesion_labels.nii.gz`` (int16/int32 0..N), ``lesion_mask.nii.gz``
-    (uint8 0/1), ``pre_registered.nii.gz``, ``enhancement.nii.gz`` (float32
-    noise units), ``brain_mask.nii.gz``, ``rejected_labels.nii.gz``,
-    ``lesions.csv``, ``rejected.csv``, ``summary.json`` and ``qc.png``, all on
-    the post scan's grid. With ``report`` (default), also the QC page
-    ``report.html`` (see :func:`gdlesion.report.write_inspect_report`).
-
-    Raises
-    ------
-    OutputError
-        ``out_dir`` is not empty and ``overwrite`` is false, or holds an input.
-    """
-    from .qcfigure import save_qc_png
-
-    out = io.ensure_writable_dir(out_dir, overwrite=overwrite, inputs=inputs)
-    out.mkdir(parents=True, exist_ok=True)
-    aff = result.post.affine
-    label_dtype = np.int16 if max(result.lesion_count, len(result.rejected)) < 32767 else np.int32
-    volumes = (
-        ("lesion_labels.nii.gz", result.labels, label_dtype),
-        ("lesion_mask.nii.gz", result.labels > 0, np.uint8),
-        ("rejected_labels.nii.gz", result.rejected_labels, label_dtype),
-        ("brain_mask.nii.gz", result.brain_mask, np.uint8),
-        ("pre_registered.nii.gz", result.pre_registered.data, np.float32),
-        ("enhancement.nii.gz", result.enhancement.data, np.float32),
-    )
-    # gzip compression (GIL released) in background threads while the figures are drawn
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [
-            pool.submit(io.save_volume, out / name, data, aff, dtype=dtype)
-            for name, data, dtype in volumes
-        ]
-        io.write_text_atomic(
-            out / "lesions.csv", lesions_table_csv(result.lesions[LESION_COLUMNS])
-        )
-        io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
-        save_qc_png(result, out / "qc.png")
-        io.write_json_atomic(out / "summary.json", result.summary_dict())
-        if report:
-            from .report import write_inspect_report
-
-            write_inspect_report(result, out, inputs=inputs)
-        for job in jobs:
-            job.result()
-    return out
