@@ -51,6 +51,7 @@ def test_cli_batch_on_simulated_bids(dataset, tmp_path):
     assert len(lesions) == ok["lesion_count"].astype(int).sum()
     sidecar = json.loads(next(out.glob("sub-01/ses-01/anat/*_mask.json")).read_text())
     assert sidecar["Parameters"]["high_threshold"] > 0 and sidecar["Pipeline"] == "default"
+    assert list(counts["pipeline"]) == ["default", "default", "auto", "auto"]  # as run / asked
     assert "matrix_ras" in sidecar["RegistrationQC"]
 
     before = (out / "lesion_counts.csv").read_bytes()

@@ -255,8 +255,16 @@ def _run(task: SessionTask) -> dict[str, Any]:
         registration=qc,
         files={f"{rel_dir}/{name}": digest for name, digest in sorted(files.items())},
         lesions_file=f"{rel_dir}/{lesions_rel}",
+        pipeline=_resolved_pipeline(result, task),
     )
     return rec
+
+
+def _resolved_pipeline(result: Any, task: SessionTask) -> str:
+    """Return the preset a session ran with (the one chosen from the data for ``auto``)."""
+    if task.pipeline in ("", "auto"):
+        return getattr(result, "pipeline", None) or task.pipeline
+    return task.pipeline
 
 
 def _swap_into_place(staging: Path, dest: Path, tmp_root: Path) -> None:
@@ -303,8 +311,7 @@ def _write_outputs(
     sidecar = {
         "Description": "Gadolinium-enhancing lesions detected by gdlesion (post-contrast grid).",
         "Sources": sorted(Path(p).name for p in (session.pre, session.post, session.flair) if p),
-        "Pipeline": (getattr(result, "pipeline", None) if task.pipeline in ("", "auto")
-                     else task.pipeline) or task.pipeline,
+        "Pipeline": _resolved_pipeline(result, task),
         "Parameters": params_to_dict(getattr(result, "params", None) or task.params),
         "RegistrationQC": qc,
         "LesionCount": int(result.lesion_count),
