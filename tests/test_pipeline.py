@@ -150,6 +150,12 @@ def test_outputs_layout_and_determinism(planted, tmp_path):
     again = run_study(pre, post)
     assert lesions_table_csv(again.lesions) == lesions_table_csv(result.lesions)
     assert np.array_equal(again.labels, result.labels)
+    # the stages run one after the other (threads=1, as batch workers do) give the same study
+    in_order = run_study(pre, post, threads=1)
+    assert lesions_table_csv(in_order.lesions) == lesions_table_csv(result.lesions)
+    assert lesions_table_csv(in_order.rejected) == lesions_table_csv(result.rejected)
+    assert np.array_equal(in_order.labels, result.labels)
+    assert np.array_equal(in_order.registration.matrix_ras, result.registration.matrix_ras)
 
 
 def test_no_brain_in_post(rng):

@@ -232,8 +232,12 @@ def _run(task: SessionTask) -> dict[str, Any]:
     pre = load_volume(session.pre, role="pre-contrast scan")
     post = load_volume(session.post, role="post-contrast scan")
     flair = load_volume(session.flair, role="FLAIR") if session.flair else None
-    study_fn = task.study_fn or _default_study_fn()
-    result = study_fn(pre, post, flair=flair, params=task.params)
+    if task.study_fn is None:
+        # stages in order: the batch's parallelism is its worker processes (threads
+        # inside each would only compete with the other workers for the cores)
+        result = _default_study_fn()(pre, post, flair=flair, params=task.params, threads=1)
+    else:
+        result = task.study_fn(pre, post, flair=flair, params=task.params)
     out = Path(task.output)
     tmp_root = out / STATE_DIR / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
