@@ -71,8 +71,14 @@ def insert_flair_lesions(flair, post, truth, rng):
     return flair.with_data(data)
 
 
-def insert_lesions(pre, post, n, rng):
-    """Return (pre, post, truth_labels, enhancing_truth, diameters) with ``n`` planted lesions."""
+def insert_lesions(pre, post, n, rng, shape_rng=None):
+    """Return (pre, post, truth_labels, enhancing_truth, diameters) with ``n`` planted lesions.
+
+    Lesions are balls unless ``shape_rng`` is given: then each is an ovoid of the
+    same volume (long axis 1-2x the short ones, random orientation; MS lesions are
+    ovoid), drawn from ``shape_rng`` so that positions and contrasts stay those of
+    the balls.
+    """
     from gdlesion.preprocess import estimate_brain_mask, tissue_thresholds
 
     mask = estimate_brain_mask(post.data, post.affine)
@@ -98,7 +104,8 @@ def insert_lesions(pre, post, n, rng):
                 if wm[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].mean() > 0.7:
                     break
         placed.append((c, r))
-        lo, hi = np.floor(c - r - 1).astype(int), np.ceil(c + r + 2).astype(int)
+        reach = r * (1.6 if shape_rng is not None else 1.0)
+        lo, hi = np.floor(c - reach - 1).astype(int), np.ceil(c + reach + 2).astype(int)
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         sub = (np.arange(3) - 1) / 3.0
         grid = np.stack(
@@ -106,7 +113,13 @@ def insert_lesions(pre, post, n, rng):
         ).astype(float)
         off = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(27, 3)
         pts = grid[..., None, :] + off
-        dist = np.linalg.norm(pts - c, axis=-1)
+        if shape_rng is None:
+            dist = np.linalg.norm(pts - c, axis=-1)
+        else:  # ovoid: distance in the lesion's frame, scaled to keep the volume of the ball
+            ratio = shape_rng.uniform(1.0, 2.0)
+            scale = np.array([ratio ** (2 / 3), ratio ** (-1 / 3), ratio ** (-1 / 3)])
+            rot, _ = np.linalg.qr(shape_rng.normal(size=(3, 3)))
+            dist = np.linalg.norm(((pts - c) @ rot) / scale, axis=-1)
         whole = (dist <= r).mean(-1)
         rim = (
             whole if not ring else ((dist <= r) & (dist >= r - np.clip(0.18 * d, 1, 2.5))).mean(-1)
@@ -160,7 +173,8 @@ def _study(case: dict) -> dict:
         pre = load_volume(folder / "T1.nii.gz")
         post = load_volume(folder / "T1POST.nii.gz")
         if kind.startswith("lesjak+ins"):
-            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng)
+            shape_rng = np.random.default_rng(case["seed"] + 7919) if case.get("ovoid") else None
+            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng, shape_rng)
             pre = move(pre, rng)
         if kind == "lesjak+flair":
             flair = folder / "FLAIR.nii.gz"
@@ -280,6 +294,9 @@ def main() -> None:
     ap.add_argument("--lesions", type=int, default=10, help="lesions inserted per Lesjak pair")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", default="", help="only cases whose name starts with this")
+    ap.add_argument("--ovoid", action="store_true",
+                    help="plant ovoid lesions (axes 1-2:1, random orientation, same positions, "
+                         "volumes and contrasts) instead of balls in the Lesjak pairs")
     args = ap.parse_args()
     patients = sorted(p.name for p in LESJAK.glob("patient*") if p.is_dir())
     cases = []
@@ -321,6 +338,8 @@ def main() -> None:
         )
     cases.append({"name": "tcga-atlas", "kind": "tcga", "seed": 0})
     cases = [c for c in cases if c["name"].startswith(args.cases)]
+    for c in cases:
+        c["ovoid"] = args.ovoid
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
