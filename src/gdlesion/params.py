@@ -123,6 +123,12 @@ class DetectionParams:
         :func:`gdlesion.rules.vessel`). 0.3 is halfway between a 2:1 ovoid
         (0.4, the most elongated common MS lesion shape) and a 3:1 tube (0.2,
         the ``vessel_elongation`` limit). 0 disables the rule.
+    vessel_blob_exempt : float
+        A candidate whose peak has a blob ratio at least this (inclusive) is
+        not taken by the branching-vessel part of the rule: its peak is a
+        round nodule (0.6: axis ratio below about 1.5:1), with a vein or an
+        open ring rim attached, not a vein (whose peak is a tube, near 0).
+        0 disables the exemption.
     vessel_carve_mm : float
         A candidate rejected as a vessel is opened by a ball of this radius
         (:func:`gdlesion.blob.carve_thick_cores`): its parts at least twice as
@@ -197,6 +203,7 @@ class DetectionParams:
     vessel_max_thickness_mm: float = 5.0
     vessel_min_compactness: float = 6.0
     vessel_max_blob_ratio: float = 0.3
+    vessel_blob_exempt: float = 0.6
     vessel_carve_mm: float = 0.0
     min_conspicuity: float = 2.0
     edge_margin_mm: float = 3.0
@@ -228,7 +235,7 @@ class DetectionParams:
             raise InputError(
                 f"low_threshold={self.low_threshold} exceeds high_threshold={self.high_threshold}"
             )
-        for name in ("blob_seed_ratio", "vessel_max_blob_ratio"):
+        for name in ("blob_seed_ratio", "vessel_max_blob_ratio", "vessel_blob_exempt"):
             if getattr(self, name) > 1:
                 raise InputError(f"{name}={getattr(self, name)} must be <= 1 (a ball is 1)")
         if not self.split_saddle_ratio < 1:
