@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,8 +96,33 @@ class StudyResult:
         return summary_json_dict(self)
 
 
+class _Deferred:
+    """A job run when its result is first asked for (``threads=1``: the plain sequential order)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self._call: tuple | None = (fn, args, kwargs)
+        self._value: Any = None
+        self._error: Exception | None = None
+
+    def result(self) -> Any:
+        if self._call is not None:
+            fn, args, kwargs = self._call
+            self._call = None
+            try:
+                self._value = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, as a Future would
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> bool:
+        self._call = None
+        return True
+
+
 class _InOrder:
-    """Executor stand-in that runs each job at once (``threads=1``); same interface."""
+    """Executor stand-in for ``threads=1``: each job runs when its result is asked for."""
 
     def __enter__(self) -> _InOrder:
         return self
@@ -105,13 +130,8 @@ class _InOrder:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        job: Future = Future()
-        try:
-            job.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # raised by job.result(), like a thread's error
-            job.set_exception(exc)
-        return job
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> _Deferred:
+        return _Deferred(fn, args, kwargs)
 
 
 def _executor(threads: int) -> ThreadPoolExecutor | _InOrder:
