@@ -215,6 +215,51 @@ def run_study(
         if progress is not None and name is not None:
             progress(name)
 
+    if threads is None:
+        threads = 2 if (os.cpu_count() or 1) > 1 else 1
+    prep = _prepare(
+        pre, post, flair=flair, brain_mask=brain_mask, params=params, overrides=overrides,
+        threads=threads, stage=stage,
+    )
+    result = _detect(prep, threads=threads, stage=stage)
+    stage(None)
+    result.timings = timings
+    return result
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """A study registered, masked and normalised: the input of :func:`_detect`.
+
+    The ``*_c`` arrays are cropped to ``box`` (the brain's bounding box).
+    """
+
+    post: Volume
+    pre: Volume
+    flair: Volume | None
+    registration: RegistrationResult
+    mask: np.ndarray
+    box: tuple[slice, ...]
+    post_c: np.ndarray
+    pre_mapped: np.ndarray
+    mask_c: np.ndarray
+    flair_c: np.ndarray | None
+    params: DetectionParams
+    pipeline: str
+
+
+def _prepare(
+    pre: VolumeLike,
+    post: VolumeLike,
+    *,
+    flair: VolumeLike | None,
+    brain_mask: np.ndarray | str | os.PathLike | None,
+    params: DetectionParams | str | os.PathLike | None,
+    overrides: dict[str, Any] | None,
+    threads: int,
+    stage: Callable[[str], None],
+) -> _Prepared:
+    """Load, choose the parameters, register, mask the brain and normalise the pre scan."""
     stage("load")
     post_v = _as_volume(post, "post-contrast scan")
     pre_v = _as_volume(pre, "pre-contrast scan")
@@ -238,8 +283,6 @@ def run_study(
 
     # The rigid registrations (SimpleITK, single-threaded each, GIL released) run in
     # background threads while the brain mask is estimated: same results, less wall time.
-    if threads is None:
-        threads = 2 if (os.cpu_count() or 1) > 1 else 1
     with _executor(threads) as pool:
         reg_job = pool.submit(register_rigid, pre_v, post_v, min_overlap=0.0)
         flair_job = (
@@ -276,7 +319,6 @@ def run_study(
 
     stage("normalisation")
     box = bounding_box(mask, margin=2)
-    zooms = post_v.zooms
     post_c = post_v.data[box]
     pre_c = reg.registered.data[box]
     mask_c = mask[box] & (pre_c != 0)
@@ -285,11 +327,30 @@ def run_study(
             f"post-contrast scan {post_v.name}: the pre scan does not cover the brain"
         )
     if p.bias_correction == "n4":
-        field_c = n4_bias_field(post_c, mask_c, zooms)
+        field_c = n4_bias_field(post_c, mask_c, post_v.zooms)
         post_c = post_c / field_c
         pre_c = pre_c / field_c
         del field_c
-    pre_mapped = conditional_median_mapping(pre_c, post_c, mask_c)
+    return _Prepared(
+        post=post_v, pre=pre_v, flair=flair_v, registration=reg, mask=mask, box=box,
+        post_c=post_c, pre_mapped=conditional_median_mapping(pre_c, post_c, mask_c),
+        mask_c=mask_c, flair_c=flair_reg[box] if flair_reg is not None else None,
+        params=p, pipeline=pipeline_name,
+    )
+
+
+def _detect(
+    prep: _Prepared,
+    *,
+    params: DetectionParams | None = None,
+    threads: int = 1,
+    stage: Callable[[str], None] = lambda name: None,
+) -> StudyResult:
+    """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
+    p = prep.params if params is None else params
+    post_v, box, mask, mask_c = prep.post, prep.box, prep.mask, prep.mask_c
+    post_c, pre_mapped = prep.post_c, prep.pre_mapped
+    zooms = post_v.zooms
 
     stage("detection")
     csf_gm, gm_wm = tissue_thresholds(post_c, mask_c)
@@ -309,10 +370,9 @@ def run_study(
         stage("measures")
         maps = maps_job.result()
     flair_z = None
-    if flair_reg is not None:
-        fl = flair_reg[box]
-        med, sd = robust_sigma(fl[mask_c])
-        flair_z = ((fl - med) / sd).astype(np.float32)
+    if prep.flair_c is not None:
+        med, sd = robust_sigma(prep.flair_c[mask_c])
+        flair_z = ((prep.flair_c - med) / sd).astype(np.float32)
 
     def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
         nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
@@ -368,20 +428,18 @@ def run_study(
     enh = np.zeros(post_v.shape, dtype=np.float32)
     enh[box] = z
     warnings = _swap_warning(z, mask_c, p)
-    stage(None)
     return StudyResult(
         post=post_v,
-        pre_registered=reg.registered,
+        pre_registered=prep.registration.registered,
         enhancement=post_v.with_data(enh, name="enhancement"),
         brain_mask=mask,
         labels=labels,
         lesions=lesions,
         rejected=rejected,
         rejected_labels=rejected_labels,
-        registration=reg,
+        registration=prep.registration,
         params=p,
-        pipeline=pipeline_name,
-        timings=timings,
+        pipeline=prep.pipeline,
         warnings=warnings,
         stats={
             "noise_sigma": round(float(sigma), 6),
@@ -389,7 +447,10 @@ def run_study(
             "brain_volume_ml": round(float(mask.sum()) * post_v.voxel_volume_mm3 / 1000.0, 3),
             "candidate_count": int(n_cand),
         },
-        inputs={"pre": pre_v.name, "post": post_v.name, "flair": flair_v.name if flair_v else ""},
+        inputs={
+            "pre": prep.pre.name, "post": post_v.name,
+            "flair": prep.flair.name if prep.flair is not None else "",
+        },
     )
 
 
