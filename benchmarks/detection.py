@@ -371,6 +371,8 @@ def main() -> None:
 
 
 def report(rows, elastix_s, patient, cli_s=float("nan")):
+    from statsmodels.stats.proportion import proportion_confint
+
     print(
         f"\n{'case':20} {'det':>4} {'FP':>3} {'sens>=3mm':>10} {'Dice':>5} {'count t/d':>9} "
         f"{'time s':>6} {'peak MiB':>8}"
@@ -407,7 +409,8 @@ def report(rows, elastix_s, patient, cli_s=float("nan")):
                 print(f"  {b[0]:>2}-{b[1]:<3} mm: {hit}/{tot} = {hit / tot:.2f}")
         ge3 = [(h, t) for b, (h, t) in g["bins"].items() if b[0] >= 3]
         h, t = sum(x for x, _ in ge3), sum(y for _, y in ge3)
-        print(f"  >= 3 mm: {h}/{t} = {h / max(t, 1):.3f}")
+        lo, hi = proportion_confint(h, max(t, 1), alpha=0.05, method="wilson")
+        print(f"  >= 3 mm: {h}/{t} = {h / max(t, 1):.3f} (95% Wilson CI {lo:.2f}-{hi:.2f})")
         print(f"  false positives per scan: {np.mean(g['fp']):.2f} over {len(g['fp'])} scans")
     real = [r for r in rows if r["case"].startswith("lesjak") and "+" not in r["case"]]
     if real:

@@ -14,7 +14,12 @@ from gdlesion.measure import LESION_COLUMNS
 from gdlesion.params import DetectionParams, load_params, preset_names
 from gdlesion.preprocess import conditional_median_mapping, estimate_brain_mask
 from gdlesion.rules import RULES, apply_rules
-from gdlesion.segment import hysteresis_components, refine_boundaries, split_touching
+from gdlesion.segment import (
+    hysteresis_components,
+    refine_boundaries,
+    regrow_small,
+    split_touching,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +57,41 @@ def test_split_touching_separates_two_peaks_but_not_a_plateau():
     z[bridge & (z == 4.0)] = 10.0
     _, n_one = split_touching(z, labels, saddle_ratio=0.4, min_voxels=5)
     assert n_one == 1
+
+
+def _gauss(shape, centre, sigmas, amplitude):
+    grid = np.indices(shape).astype(float)
+    d2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grid, centre, sigmas, strict=True))
+    return (amplitude * np.exp(-0.5 * d2)).astype(np.float32)
+
+
+def test_regrow_small_gives_a_round_peak_its_half_maximum_outline():
+    shape = (21, 22, 23)
+    raw = _gauss(shape, (10, 11, 11), (1.3, 1.3, 1.3), 100.0)  # a 3 mm focus
+    raw += _gauss(shape, (4, 4, 5), (0.8, 0.8, 6.0), 100.0)  # a tube along the last axis
+    smoothed = raw.copy()
+    z = smoothed / np.float32(10.0)
+    mask = np.ones(shape, bool)
+    labels = np.zeros(shape, np.int32)
+    labels[10, 11, 11] = 1  # cut to one voxel by the hysteresis
+    labels[4, 4, 5] = 2  # the tube's peak, also one voxel
+    labels[15:19, 15:19, 15:19] = 3  # a large candidate: left alone
+    out, n = regrow_small(
+        labels, 3, z, smoothed, raw, mask, np.ones(3), min_voxels=6, min_peak=4.0,
+        min_blob_ratio=0.7, fraction=0.5, radius_mm=4.0,
+    )
+    assert n == 3
+    half = smoothed >= 50.0
+    focus = out == out[10, 11, 11]
+    assert focus.sum() == (half & (_ball(shape, (10, 11, 11), 4.0))).sum() >= 6
+    assert (out == out[4, 4, 5]).sum() == 1  # a tube's peak is not a round blob
+    assert (out == out[16, 16, 16]).sum() == 64
+    # a weak peak (z < min_peak) is not regrown either
+    out, _ = regrow_small(
+        labels, 3, z / 4, smoothed, raw, mask, np.ones(3), min_voxels=6, min_peak=4.0,
+        min_blob_ratio=0.7, fraction=0.5, radius_mm=4.0,
+    )
+    assert (out == out[10, 11, 11]).sum() == 1
 
 
 def test_refine_boundaries_keeps_half_maximum():

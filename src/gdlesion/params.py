@@ -92,6 +92,18 @@ class DetectionParams:
         at least this fraction of its own peak: 0.5 is the partial-volume
         midpoint of a uniformly enhancing lesion, which makes volumes unbiased
         (0 keeps the whole hysteresis region).
+    regrow_radius_mm : float
+        A candidate smaller than ``min_volume_mm3`` whose peak is a round blob
+        reaching the blob seed level (``blob_seed_threshold``,
+        ``blob_seed_ratio``) is regrown to its half-maximum outline, up to this
+        distance (mm) from its peak (:func:`gdlesion.segment.regrow_small`): a
+        faint 3 mm lesion, or one that is T1-hypointense on the pre scan, keeps
+        only a few voxels above the growing level. 4 mm holds a 7-8 mm focus.
+        Measured on the benchmark cases (simulated 1 mm and 2-D heads, Lesjak
+        pairs with inserted balls, and again with other seeds and ovoids):
+        4 more of 204 lesions of 3 mm or more found, no other detection
+        changed (same false positives, same detections on the unmodified
+        pairs). 0 disables it.
     min_volume_mm3 : float
         Smallest reported lesion (inclusive). A 3 mm sphere is 14 mm3, but
         the half-maximum boundary of a faint 3 mm lesion can hold only 6-8
@@ -195,6 +207,7 @@ class DetectionParams:
     misregistration_mm: float = 0.5
     noise_guide_mm: float = 0.0
     boundary_fraction: float = 0.5
+    regrow_radius_mm: float = 4.0
     min_volume_mm3: float = 6.0
     min_enhancement_pct: float = 0.0
     split_saddle_ratio: float = 0.4
