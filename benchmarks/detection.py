@@ -2,7 +2,8 @@
 
 Run from the repository root (needs ../shared/data; elastix from the ``benchmark`` extra)::
 
-    .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0]
+    .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0] [--ovoid]
+        [--cases PREFIX] [--overrides JSON]
 
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
@@ -185,7 +186,9 @@ def _study(case: dict) -> dict:
         pre = load_volume(atlas / "T1w_pre_brain.nii.gz")
         post = load_volume(atlas / "T1w_post_gad_brain.nii.gz")
     start = time.perf_counter()
-    result = run_study(pre, post, flair=flair, params=case.get("pipeline"))
+    result = run_study(
+        pre, post, flair=flair, params=case.get("pipeline"), overrides=case.get("overrides")
+    )
     elapsed = time.perf_counter() - start
     out = {
         "case": case["name"],
@@ -294,6 +297,9 @@ def main() -> None:
     ap.add_argument("--lesions", type=int, default=10, help="lesions inserted per Lesjak pair")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", default="", help="only cases whose name starts with this")
+    ap.add_argument("--overrides", type=json.loads, default=None, metavar="JSON",
+                    help='detection parameters replacing those of every preset, e.g. '
+                         '\'{"regrow_radius_mm": 0}\' (measure a change against the same cases)')
     ap.add_argument("--ovoid", action="store_true",
                     help="plant ovoid lesions (axes 1-2:1, random orientation, same positions, "
                          "volumes and contrasts) instead of balls in the Lesjak pairs")
@@ -340,6 +346,7 @@ def main() -> None:
     cases = [c for c in cases if c["name"].startswith(args.cases)]
     for c in cases:
         c["ovoid"] = args.ovoid
+        c["overrides"] = args.overrides
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
