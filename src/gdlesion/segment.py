@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ._morphology import regional_maxima
 from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
 from .preprocess import equal_count_bins, per_bin_median
@@ -240,9 +241,7 @@ def split_touching(
         np.log(zc, out=logz, where=fg)
         logz[fg] -= shift
         rec = sitk.HMaxima(sitk.GetImageFromArray(logz), h)
-        peaks = sitk.GetArrayFromImage(
-            sitk.RegionalMaxima(rec, backgroundValue=0, foregroundValue=1, fullyConnected=True)
-        ).astype(bool)
+        peaks = regional_maxima(sitk.GetArrayViewFromImage(rec))
         peaks &= fg
         if np.count_nonzero(peaks) < 2:
             continue
@@ -255,13 +254,22 @@ def split_touching(
             if not small.any():
                 break
             smallest = int(np.argmin(np.where(small, piece_sizes, np.iinfo(np.int64).max)))
-            markers[markers == smallest] = 0
-            markers, n_markers = relabel_sequential(markers)
+            # drop that marker, renumber the others 1..n-1 in order
+            lut = np.arange(n_markers + 1, dtype=np.int32)
+            lut[smallest] = 0
+            lut[smallest + 1 :] -= 1
+            markers = lut[markers]
+            n_markers -= 1
         if n_markers > 1:
             region = out[box]
             region[fg] = np.where(pieces[fg] == 1, comp, pieces[fg] + next_label - 2)
             next_label += n_markers - 1
-    return relabel_sequential(out)
+    # relabel_sequential's renumbering, counted with bincount instead of a whole-crop np.unique
+    used = np.flatnonzero(np.bincount(out.ravel()))
+    used = used[used > 0]
+    lut = np.zeros(int(out.max()) + 1, dtype=np.int32)
+    lut[used] = np.arange(1, used.size + 1, dtype=np.int32)
+    return lut[out], int(used.size)
 
 
 def refine_boundaries(
