@@ -366,8 +366,27 @@ def equal_count_bins(x: np.ndarray, *, n_bins: int) -> tuple[np.ndarray, np.ndar
 
 
 def per_bin_median(values: np.ndarray, idx: np.ndarray, mid: np.ndarray) -> np.ndarray:
-    """Lower median of ``values`` in each non-empty bin of :func:`equal_count_bins` (one sort)."""
-    return values[np.lexsort((values, idx))][mid]
+    """Lower median of ``values`` in each non-empty bin of :func:`equal_count_bins`.
+
+    ``mid`` are positions in ``values`` sorted by bin, then by value; the result
+    is exactly ``values[np.lexsort((values, idx))][mid]``, found by grouping the
+    samples by bin (a stable radix sort of the small bin numbers) and one
+    partial sort per bin, several times faster than the full lexsort.
+    """
+    mid = np.asarray(mid)
+    if mid.size == 0:
+        return values[:0].copy()
+    counts = np.bincount(idx)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    grouped = values[np.argsort(idx.astype(np.min_scalar_type(counts.size)), kind="stable")]
+    bins = np.searchsorted(ends, mid, side="right")
+    out = np.empty(mid.shape, dtype=values.dtype)
+    for b in np.unique(bins):
+        at = np.flatnonzero(bins == b)
+        kth = mid[at] - starts[b]
+        out[at] = np.partition(grouped[starts[b] : ends[b]], kth)[kth]
+    return out
 
 
 def tissue_thresholds(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
