@@ -261,9 +261,14 @@ def _prepare(
 ) -> _Prepared:
     """Load, choose the parameters, register, mask the brain and normalise the pre scan."""
     stage("load")
-    post_v = _as_volume(post, "post-contrast scan")
-    pre_v = _as_volume(pre, "pre-contrast scan")
-    flair_v = _as_volume(flair, "FLAIR") if flair is not None else None
+    # decompression (zlib) releases the GIL: the scans load side by side; a bad post scan
+    # is still the error reported first
+    with _executor(threads) as pool:
+        pre_job = pool.submit(_as_volume, pre, "pre-contrast scan")
+        flair_job = pool.submit(_as_volume, flair, "FLAIR") if flair is not None else None
+        post_v = _as_volume(post, "post-contrast scan")
+        pre_v = pre_job.result()
+        flair_v = flair_job.result() if flair_job is not None else None
     if isinstance(params, DetectionParams):
         pipeline_name = "custom"
         p = params
