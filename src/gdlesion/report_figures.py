@@ -1,12 +1,12 @@
 """Small QC figures of the HTML report, as PNG data URIs.
 
-Images are composed as RGB arrays (vectorised numpy) and encoded with
-matplotlib's Agg backend (``matplotlib.image.imsave``), so the two frames of the
-registration flicker are pixel-aligned and a page with many lesions stays fast
-and small. Volumes are first put in the closest RAS orientation (axis flips and
-permutations only, no resampling); each displayed slice is then resampled to
-square pixels. Display convention: neurological (patient left on image left),
-anterior up in axial slices, superior up in coronal and sagittal slices.
+Images are composed as RGB arrays (vectorised numpy) and encoded as PNG with
+Pillow, so the two frames of the registration flicker are pixel-aligned and a
+page with many lesions stays fast and small. Volumes are first put in the
+closest RAS orientation (axis flips and permutations only, no resampling);
+each displayed slice is then resampled to square pixels. Display convention:
+neurological (patient left on image left), anterior up in axial slices,
+superior up in coronal and sagittal slices.
 """
 
 from __future__ import annotations
@@ -188,14 +188,19 @@ def hstack(images: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
-    """Encode an RGB uint8 image as a ``data:image/png;base64,...`` URI (Agg backend)."""
-    import matplotlib
+    """Encode an RGB uint8 image as a ``data:image/png;base64,...`` URI.
 
-    matplotlib.use("Agg")
-    from matplotlib import image as mimage
+    Written as the opaque RGBA PNG that ``matplotlib.image.imsave`` writes (same
+    pixels and resolution), at zlib level 1: twice as fast as the default level 6
+    for ~10 % more bytes. Thread-safe; the compression releases the GIL.
+    """
+    from PIL import Image
 
+    rgba = np.empty(rgb.shape[:2] + (4,), dtype=np.uint8)
+    rgba[..., :3] = rgb
+    rgba[..., 3] = 255
     buf = _io.BytesIO()
-    mimage.imsave(buf, rgb, format="png", metadata={"Software": None})
+    Image.fromarray(rgba).save(buf, format="png", compress_level=1, dpi=(100, 100))
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
