@@ -182,7 +182,7 @@ def inspect_command(
     from rich.table import Table
 
     from .params import AUTO, load_params
-    from .pipeline import run_study, write_study_outputs
+    from .pipeline import run_study
 
     with user_errors():
         params = pipeline if pipeline == AUTO else load_params(pipeline)
@@ -242,6 +242,8 @@ def inspect_command(
                 )
             console.print(table)
         if out is not None:
+            from .outputs import write_study_outputs
+
             write_study_outputs(
                 result, out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask),
                 report=not no_report,

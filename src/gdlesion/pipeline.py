@@ -14,19 +14,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from . import io
 from ._memory import release_freed_memory
-from .anatomy import Context, anatomical_context, anatomy_maps
-from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
-from .measure import empty_table, lesion_features
-from .outputs import lesions_table_csv, write_study_outputs  # re-exported
 from .params import AUTO, DetectionParams, auto_preset, load_params
 from .preprocess import (
     bounding_box,
@@ -36,8 +31,15 @@ from .preprocess import (
     tissue_thresholds,
 )
 from .registration import RegistrationResult, register_rigid
-from .rules import apply_rules
-from .segment import enhancement_map, find_candidates, robust_sigma
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .outputs import lesions_table_csv, write_study_outputs
+
+# The detection modules (pandas, scikit-image: ~0.5 s of imports) are imported by
+# _prepare while the registration runs, not before the scans are even loaded.
+_DETECTION_MODULES = ("anatomy", "blob", "measure", "rules", "segment")
 
 __all__ = [
     "StudyResult",
@@ -59,6 +61,22 @@ STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "m
 
 Progress = Callable[[str], None]
 VolumeLike = Volume | str | os.PathLike
+
+
+def __getattr__(name: str) -> Any:
+    # re-exported from gdlesion.outputs, imported on first use
+    if name in ("lesions_table_csv", "write_study_outputs"):
+        from . import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _import_detection_modules() -> None:
+    from importlib import import_module
+
+    for name in _DETECTION_MODULES:
+        import_module(f".{name}", __package__)
 
 
 @dataclass(eq=False)
@@ -311,6 +329,8 @@ def _prepare(
             mask = np.asarray(brain_mask, dtype=bool)
 
         stage("registration")  # the time still spent waiting for the registrations
+        if threads > 1:
+            _import_detection_modules()  # meanwhile
         # the overlap that matters here is the brain's: checked below on the brain mask
         reg = reg_job.result()
         covered = float(np.count_nonzero(reg.registered.data[mask])) / max(int(mask.sum()), 1)
@@ -352,6 +372,12 @@ def _detect(
     stage: Callable[[str], None] = lambda name: None,
 ) -> StudyResult:
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
+    from .anatomy import Context, anatomical_context, anatomy_maps
+    from .blob import carve_thick_cores
+    from .measure import empty_table, lesion_features
+    from .rules import apply_rules
+    from .segment import enhancement_map, find_candidates, robust_sigma
+
     p = prep.params if params is None else params
     post_v, box, mask, mask_c = prep.post, prep.box, prep.mask, prep.mask_c
     post_c, pre_mapped = prep.post_c, prep.pre_mapped
@@ -504,6 +530,7 @@ def package_versions() -> dict[str, str]:
     """Versions of gdlesion and the numeric libraries that decide the results."""
     import matplotlib
     import nibabel
+    import pandas as pd
     import scipy
     import SimpleITK
     import skimage
