@@ -105,6 +105,27 @@ def test_truncated_gz(write_nifti, rng, tmp_path):
         load_volume(cut)
 
 
+@pytest.mark.parametrize(
+    "variant", ["two_members", "zero_padding", "trailing_text", "no_trailer", "bad_crc"]
+)
+def test_unusual_gzip_streams_load_as_nibabel_reads_them(write_nifti, rng, tmp_path, variant):
+    data = (_good((9, 8, 7), rng) * 3).astype(np.int16)
+    path = write_nifti(data, name="src.nii.gz", dtype=np.int16)
+    raw = path.read_bytes()
+    plain = gzip.decompress(raw)
+    blob = {
+        "two_members": gzip.compress(plain[:500]) + gzip.compress(plain[500:]),
+        "zero_padding": raw + bytes(64),
+        "trailing_text": raw + b"junk",
+        "no_trailer": raw[:-3],
+        "bad_crc": raw[:-8] + bytes(4) + raw[-4:],
+    }[variant]
+    odd = tmp_path / "odd.nii.gz"
+    odd.write_bytes(blob)
+    expected = nib.load(str(odd)).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(load_volume(odd).data, expected)
+
+
 def test_gz_name_but_not_gzip(write_nifti, rng, tmp_path):
     path = write_nifti(_good((5, 5, 5), rng), name="plain.nii")
     fake = tmp_path / "fake.nii.gz"
