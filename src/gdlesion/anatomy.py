@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from .preprocess import ball
@@ -141,10 +142,29 @@ def anatomy_maps(
     csf_threshold: float,
 ) -> AnatomyMaps:
     """Depth below the brain surface, CSF spaces and ventricles (computed once per study)."""
-    depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    depth = _depth_mm(mask, zooms)
     space = csf_space(pre_mapped, mask, zooms, csf_threshold=csf_threshold)
     vent = ventricle_mask(post, mask, zooms, csf_threshold=csf_threshold)
     return AnatomyMaps(depth, space, vent)
+
+
+def _depth_mm(mask: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each voxel of ``mask`` to the nearest voxel outside it or the grid.
+
+    scipy's exact Euclidean distance transform; on a 1 mm grid, the square root of
+    SimpleITK's (Maurer) integer squared distances, which is the same float64
+    value bit for bit (tested) at half the cost.
+    """
+    padded = np.pad(mask, 1)
+    if not np.all(np.asarray(zooms) == 1.0):
+        return ndi.distance_transform_edt(padded, sampling=zooms)[1:-1, 1:-1, 1:-1]
+    # distance of the voxels outside the object "outside the mask" to that object
+    outside = sitk.GetImageFromArray((~padded).astype(np.uint8))
+    squared = sitk.SignedMaurerDistanceMap(
+        outside, insideIsPositive=False, squaredDistance=True, useImageSpacing=False
+    )
+    inner = sitk.GetArrayViewFromImage(squared)[1:-1, 1:-1, 1:-1]
+    return np.where(mask, np.sqrt(np.maximum(inner, 0.0, dtype=np.float64)), 0.0)
 
 
 def anatomical_context(
