@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from gdlesion._morphology import regional_maxima
+from gdlesion._morphology import distance_transform_edt, regional_maxima
 
 
 def _sitk_regional_maxima(image: np.ndarray) -> np.ndarray:
@@ -37,3 +37,22 @@ def test_regional_maxima_plateau_touching_a_higher_voxel_is_not_a_maximum():
     assert peaks[1, 6, 2] and peaks[0, 0, 0]
     assert not peaks[1, 1:6, 2].any()
     assert regional_maxima(np.ones((2, 3, 4))).all()  # a flat image is one maximum
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (0.5, 0.5, 0.5), (0.9, 0.9, 5.5), (3.0, 3.0, 3.0)],
+)
+def test_distance_transform_edt_is_scipys_bit_for_bit(sampling):
+    rng = np.random.default_rng(7)
+    for n in range(25):
+        shape = tuple(int(s) for s in rng.integers(1, 30, 3))
+        mask = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)) > rng.uniform(0.4, 0.6)
+        if n == 0:
+            mask[:] = True  # no background
+        elif n == 1:
+            mask[:] = False
+        got = distance_transform_edt(mask, np.asarray(sampling))
+        expected = ndi.distance_transform_edt(mask, sampling=sampling)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

@@ -1,11 +1,12 @@
-"""Grey-level morphology helpers that are faster than their SimpleITK counterparts."""
+"""Faster equivalents of SimpleITK and scipy morphology functions, with identical results."""
 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-__all__ = ["regional_maxima"]
+__all__ = ["regional_maxima", "distance_transform_edt"]
 
 _FULL = ndi.generate_binary_structure(3, 3)
 
@@ -45,3 +46,40 @@ def regional_maxima(image: np.ndarray) -> np.ndarray:
     dropped[pieces[leaks]] = True
     dropped[0] = True
     return ~dropped[pieces]
+
+
+def distance_transform_edt(mask: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(mask, sampling=sampling)``, the same values.
+
+    On a grid whose voxels are cubes with a power-of-two edge (1 mm, 2 mm, 0.5 mm)
+    the distances come from SimpleITK's Maurer transform, which gives integer
+    squared distances in voxels: scaled by the squared edge (exact) their square
+    roots are scipy's float64 values bit for bit, at about half the cost. Other
+    grids, and masks without background, are left to scipy.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        3-D array; non-zero voxels get their distance to the nearest zero voxel.
+    sampling : array-like of float
+        Voxel edge lengths along the three axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 distances, 0 at the zero voxels.
+    """
+    mask = np.asarray(mask) != 0
+    sampling = np.broadcast_to(np.asarray(sampling, dtype=np.float64), (3,))
+    edge = float(sampling[0])
+    mantissa, _ = np.frexp(edge)
+    if (mask.ndim != 3 or not np.all(sampling == edge) or mantissa != 0.5
+            or mask.all() or not mask.any()):
+        return ndi.distance_transform_edt(mask, sampling=sampling)
+    # the voxels outside the object "zero voxels" get their distance to it
+    zeros = sitk.GetImageFromArray((~mask).astype(np.uint8))
+    squared = sitk.SignedMaurerDistanceMap(
+        zeros, insideIsPositive=False, squaredDistance=True, useImageSpacing=False
+    )
+    voxels2 = np.maximum(sitk.GetArrayViewFromImage(squared), 0.0, dtype=np.float64)
+    return np.where(mask, np.sqrt(voxels2 * (edge * edge)), 0.0)

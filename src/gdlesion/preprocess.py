@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
+from ._morphology import distance_transform_edt
 from .errors import SegmentationError
 from .skullstrip import largest_component as _largest_component
 from .skullstrip import watershed_brain
@@ -254,7 +255,7 @@ def estimate_brain_mask(
             del nearby, head_s
         del smooth, head, central, dist2
     small = tissue[:: f[0], :: f[1], :: f[2]]
-    depth = ndi.distance_transform_edt(small, sampling=small_zooms)
+    depth = distance_transform_edt(small, small_zooms)
     core = _largest_component(depth > opening_mm)
     if full_head and core.any():
         # the brain's centre is its thickest point; a full head's tissue also runs down
@@ -285,7 +286,7 @@ def estimate_brain_mask(
     # back by the radius plus one voxel of the coarse grid; in-plane on coarse full heads
     # (one 5.5 mm slice more would reach 12 mm into the scalp)
     margin = float(small_zooms.min() if coarse else small_zooms.max())
-    small = ndi.distance_transform_edt(~core, sampling=small_zooms) <= opening_mm + margin
+    small = distance_transform_edt(~core, small_zooms) <= opening_mm + margin
     del core
     if veto is not None and veto.any():
         small &= veto
