@@ -315,14 +315,14 @@ def session_context(view: SessionView) -> dict[str, Any]:
     if view.post is None:
         return context
     canon = rf.canonical(view.post.affine)
+    # views, not copies: only slices and small crops of the volumes are drawn
     c = _Canonical(
         canon=canon,
-        post=canon.apply(view.post.data),
-        pre=canon.apply(view.pre_registered.data) if view.pre_registered is not None else None,
-        mask=canon.apply(view.brain_mask.astype(np.uint8)) > 0
-        if view.brain_mask is not None else None,
-        enhancement=canon.apply(view.enhancement) if view.enhancement is not None else None,
-        labels=canon.apply(view.labels),
+        post=canon.view(view.post.data),
+        pre=canon.view(view.pre_registered.data) if view.pre_registered is not None else None,
+        mask=canon.view(view.brain_mask) > 0 if view.brain_mask is not None else None,
+        enhancement=canon.view(view.enhancement) if view.enhancement is not None else None,
+        labels=canon.view(view.labels),
     )
     layers, windows, names = [], [], []
     if c.pre is not None:
@@ -337,7 +337,7 @@ def session_context(view: SessionView) -> dict[str, Any]:
         windows.append((0.0, 1.0))
         names.append("enhancement (z)")
     context["panels"] = names
-    rejected_c = canon.apply(view.rejected_labels) if view.rejected_labels is not None else None
+    rejected_c = canon.view(view.rejected_labels) if view.rejected_labels is not None else None
     # the PNGs are compressed (zlib releases the GIL) in worker threads while the next
     # images are drawn
     with ThreadPoolExecutor(max_workers=2) as pool:
