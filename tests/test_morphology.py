@@ -56,3 +56,16 @@ def test_distance_transform_edt_is_scipys_bit_for_bit(sampling):
         expected = ndi.distance_transform_edt(mask, sampling=sampling)
         assert got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected)
+
+
+def test_regional_maxima_within_a_raised_mask_equals_simpleitk(rng):
+    for n in range(60):
+        shape = tuple(int(s) for s in rng.integers(1, 14, 3))
+        within = ndi.gaussian_filter(rng.random(shape), 1.0) > 0.5
+        image = np.zeros(shape, np.float32)
+        levels = rng.integers(1, 5, shape).astype(np.float32)
+        image[within] = 1.0 + np.round(ndi.uniform_filter(levels, 2), 1)[within]
+        if n % 4 == 0:  # not raised: a voxel outside as high as the mask
+            image[~within] = 3.0
+        expected = _sitk_regional_maxima(image) & within
+        np.testing.assert_array_equal(regional_maxima(image, within=within), expected)

@@ -11,7 +11,7 @@ __all__ = ["regional_maxima", "distance_transform_edt"]
 _FULL = ndi.generate_binary_structure(3, 3)
 
 
-def regional_maxima(image: np.ndarray) -> np.ndarray:
+def regional_maxima(image: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
     """Regional maxima of a 3-D image, fully connected (26 neighbours).
 
     A regional maximum is a connected plateau of equal values whose neighbours
@@ -29,6 +29,11 @@ def regional_maxima(image: np.ndarray) -> np.ndarray:
     ----------
     image : numpy.ndarray
         3-D array without NaN (integers are compared as float64).
+    within : numpy.ndarray, optional
+        Boolean mask: only the maxima inside it are returned. When all its
+        voxels are higher than all the others (no plateau then crosses its
+        border), they are found from its voxels alone, several times faster on
+        a thin structure in a large box.
 
     Returns
     -------
@@ -38,6 +43,12 @@ def regional_maxima(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype.kind != "f":
         image = image.astype(np.float64)
+    if within is not None:
+        within = np.asarray(within, dtype=bool)
+        low = np.min(image, where=within, initial=np.inf)
+        if within.any() and low > np.max(image, where=~within, initial=-np.inf):
+            return _maxima_of_raised(image, within)
+        return regional_maxima(image) & within
     top = image == ndi.maximum_filter(image, size=3, mode="constant", cval=-np.inf)
     rest = np.where(top, -np.inf, image).astype(image.dtype, copy=False)
     leaks = top & (ndi.maximum_filter(rest, size=3, mode="constant", cval=-np.inf) == image)
@@ -46,6 +57,51 @@ def regional_maxima(image: np.ndarray) -> np.ndarray:
     dropped[pieces[leaks]] = True
     dropped[0] = True
     return ~dropped[pieces]
+
+
+#: Flat-index offsets of the 26 neighbours, as (di, dj, dk).
+_NEIGHBOURS = np.array(
+    [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if a or b or c]
+)
+
+
+def _maxima_of_raised(image: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """:func:`regional_maxima` inside ``within``, whose voxels are higher than all others."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    shape = np.array(image.shape) + 2
+    padded = np.full(tuple(shape), -np.inf, dtype=image.dtype)  # outside: lower than all
+    padded[1:-1, 1:-1, 1:-1] = image
+    flat_padded = padded.ravel()
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    offsets = _NEIGHBOURS @ strides
+    ijk = np.nonzero(within)
+    at = (ijk[0] + 1) * strides[0] + (ijk[1] + 1) * strides[1] + (ijk[2] + 1)
+    values = flat_padded[at]
+    top = values >= flat_padded[at[:, None] + offsets].max(axis=1)
+    out = np.zeros(image.shape, dtype=bool)
+    if not top.any():
+        return out
+    top_at = at[top]
+    is_top = np.zeros(flat_padded.size, dtype=bool)
+    is_top[top_at] = True
+    around = top_at[:, None] + offsets
+    leaks = ((flat_padded[around] == values[top][:, None]) & ~is_top[around]).any(axis=1)
+    # pieces: connected components of the 26-adjacency graph of the top voxels
+    order = np.full(flat_padded.size, -1, dtype=np.int64)
+    order[top_at] = np.arange(top_at.size)
+    rows, cols = np.nonzero(is_top[around])
+    graph = coo_matrix(
+        (np.ones(rows.size, dtype=bool), (rows, order[around[rows, cols]])),
+        shape=(top_at.size, top_at.size),
+    )
+    n_pieces, piece = connected_components(graph, directed=False)
+    dropped = np.zeros(n_pieces, dtype=bool)
+    dropped[piece[leaks]] = True
+    keep = ~dropped[piece]
+    out[tuple(a[top][keep] for a in ijk)] = True
+    return out
 
 
 def distance_transform_edt(mask: np.ndarray, sampling: np.ndarray) -> np.ndarray:

@@ -243,8 +243,7 @@ def split_touching(
         np.log(zc, out=logz, where=fg)
         logz[fg] -= shift
         rec = sitk.HMaxima(sitk.GetImageFromArray(logz), h)
-        peaks = regional_maxima(sitk.GetArrayViewFromImage(rec))
-        peaks &= fg
+        peaks = regional_maxima(sitk.GetArrayViewFromImage(rec), within=fg)
         if np.count_nonzero(peaks) < 2:
             return None
         markers, n_markers = ndi.label(peaks, structure=CONNECTIVITY)
