@@ -194,20 +194,25 @@ def inspect_command(
             from .io import ensure_writable_dir
 
             ensure_writable_dir(out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask))
-            from .qcfigure import preload_matplotlib
-
-            preload_matplotlib()
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=err_console, transient=True,
         ) as bar:
             task = bar.add_task("starting", total=None)
+
+            def on_stage(stage: str) -> None:
+                bar.update(task, description=_STAGE_LABELS.get(stage, stage))
+                if stage == "registration" and out is not None:
+                    # matplotlib (for qc.png and the report) is imported while the study
+                    # waits for the registration, not beside it: the registration is the
+                    # longest stage, and a third busy thread would slow it down
+                    from .qcfigure import preload_matplotlib
+
+                    preload_matplotlib()
+
             result = run_study(
                 pre, post, flair=flair, brain_mask=brain_mask, params=params,
-                overrides=overrides if isinstance(params, str) else None,
-                progress=lambda stage: bar.update(
-                    task, description=_STAGE_LABELS.get(stage, stage)
-                ),
+                overrides=overrides if isinstance(params, str) else None, progress=on_stage,
             )
         for message in result.warnings:
             err_console.print(Text.assemble(("warning: ", "bold yellow"), message), soft_wrap=True)
