@@ -9,6 +9,7 @@ sessions failed. Unexpected exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -485,4 +486,9 @@ def report_command(
 
 def main() -> None:
     """Entry point of the ``gdlesion`` console script."""
-    app()
+    try:
+        app()
+    finally:
+        # the process ends here: spare the interpreter's final garbage collections over the
+        # objects of every imported library (~0.5 s after an inspect, for nothing)
+        gc.freeze()
