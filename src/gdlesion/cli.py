@@ -45,6 +45,23 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one study.
+
+    A study leaves few reference cycles (~10,000 objects, a few MB), but its
+    imports (pandas, scikit-image, matplotlib: a million objects) trigger
+    collections that each walk all of them: ~0.4 s of CPU for nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"gdlesion {__version__}")
@@ -183,9 +200,10 @@ def inspect_command(
     from rich.table import Table
 
     from .params import AUTO, load_params
-    from .pipeline import run_study
 
-    with user_errors():
+    with user_errors(), _cyclic_gc_paused():
+        from .pipeline import run_study
+
         params = pipeline if pipeline == AUTO else load_params(pipeline)
         overrides = {"high_threshold": high, "low_threshold": low, "min_volume_mm3": min_volume}
         overrides = {k: v for k, v in overrides.items() if v is not None}
