@@ -243,6 +243,19 @@ def test_save_volume_round_trip_and_no_header_text(tmp_path, rng, affine_oblique
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
+def test_save_volume_writes_the_bytes_nibabel_writes(tmp_path, rng, affine_oblique, dtype):
+    data = (rng.normal(size=(7, 8, 9)) * 50).astype(dtype)
+    path = save_volume(tmp_path / "fast.nii.gz", data, affine_oblique, dtype=dtype)
+    img = nib.Nifti1Image(data, affine_oblique)
+    img.header.set_data_dtype(data.dtype)
+    img.set_sform(affine_oblique, code=1)
+    img.set_qform(affine_oblique, code=1)
+    img.header["descrip"] = b"gdlesion"
+    nib.save(img, str(tmp_path / "nibabel.nii.gz"))
+    assert path.read_bytes() == (tmp_path / "nibabel.nii.gz").read_bytes()
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old\n")
