@@ -23,22 +23,16 @@ from ._memory import release_freed_memory
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
 from .params import AUTO, DetectionParams, auto_preset, load_params
-from .preprocess import (
-    bounding_box,
-    conditional_median_mapping,
-    estimate_brain_mask,
-    n4_bias_field,
-    tissue_thresholds,
-)
-from .registration import RegistrationResult, register_rigid
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .outputs import lesions_table_csv, write_study_outputs
+    from .registration import RegistrationResult
 
-# The detection modules (pandas, scikit-image: ~0.5 s of imports) are imported by
-# _prepare while the registration runs, not before the scans are even loaded.
+# The modules of the numeric stages are imported by _prepare while the scans load
+# (scipy, ~0.25 s) and while the registration runs (pandas, scikit-image, ~0.5 s),
+# not before the first file is even read.
 _DETECTION_MODULES = ("anatomy", "blob", "measure", "rules", "segment")
 
 __all__ = [
@@ -279,12 +273,21 @@ def _prepare(
 ) -> _Prepared:
     """Load, choose the parameters, register, mask the brain and normalise the pre scan."""
     stage("load")
-    # decompression (zlib) releases the GIL: the scans load side by side; a bad post scan
-    # is still the error reported first
+    # decompression (zlib) releases the GIL: the scans load side by side while the next
+    # stages' modules are imported; a bad post scan is still the error reported first
     with _executor(threads) as pool:
+        post_job = pool.submit(_as_volume, post, "post-contrast scan")
         pre_job = pool.submit(_as_volume, pre, "pre-contrast scan")
         flair_job = pool.submit(_as_volume, flair, "FLAIR") if flair is not None else None
-        post_v = _as_volume(post, "post-contrast scan")
+        from .preprocess import (
+            bounding_box,
+            conditional_median_mapping,
+            estimate_brain_mask,
+            n4_bias_field,
+        )
+        from .registration import register_rigid
+
+        post_v = post_job.result()
         pre_v = pre_job.result()
         flair_v = flair_job.result() if flair_job is not None else None
     if isinstance(params, DetectionParams):
@@ -375,6 +378,7 @@ def _detect(
     from .anatomy import Context, anatomical_context, anatomy_maps
     from .blob import carve_thick_cores
     from .measure import empty_table, lesion_features
+    from .preprocess import tissue_thresholds
     from .rules import apply_rules
     from .segment import enhancement_map, find_candidates, robust_sigma
 
