@@ -46,6 +46,7 @@ from skimage.filters import threshold_otsu
 
 from .errors import RegistrationError
 from .io import Volume, from_sitk, matrix_from_sitk_transform, to_sitk
+from .preprocess import fill_holes
 from .transforms import resample_volume, rigid_matrix, rotation_angles_deg
 
 __all__ = [
@@ -389,7 +390,7 @@ def _head_mask(image: sitk.Image) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         fg = labels == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(fg)
+    return fill_holes(fg)
 
 
 def _crop_to_head(image: sitk.Image) -> sitk.Image:
