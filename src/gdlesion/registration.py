@@ -261,7 +261,21 @@ def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
               ) -> tuple[sitk.Euler3DTransform, float, float, list[dict[str, Any]]]:
     """Initialise, then run each pyramid level; return transform, metrics, per-level records."""
     transform = _initial_transform(fixed_levels[0], moving_levels[0], init, settings)
-    metric_initial = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the initial metric (of a copy of the transform, its own single-threaded method)
+        # is evaluated while the first level runs
+        initial = pool.submit(_metric, fixed_levels[-1], moving_levels[-1],
+                              sitk.Euler3DTransform(transform), settings)
+        records = _run_levels(fixed_levels, moving_levels, levels_mm, transform, settings)
+        metric_initial = initial.result()
+    metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
+    return transform, metric_initial, metric_final, records
+
+
+def _run_levels(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
+                levels_mm: tuple[float, ...], transform: sitk.Euler3DTransform,
+                settings: _Settings) -> list[dict[str, Any]]:
+    """Optimise ``transform`` in place level by level; return the per-level records."""
     records = []
     for level, (f_img, m_img) in enumerate(zip(fixed_levels, moving_levels, strict=True)):
         method = _method(f_img, settings)
@@ -286,8 +300,7 @@ def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
         records.append({"level_mm": step, "iterations": int(method.GetOptimizerIteration()),
                         "metric": float(method.GetMetricValue()),
                         "stop_reason": method.GetOptimizerStopConditionDescription()})
-    metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
-    return transform, metric_initial, metric_final, records
+    return records
 
 
 _THREADS_STATE = {"active": 0, "value": 0, "old": 0}
