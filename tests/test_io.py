@@ -105,6 +105,27 @@ def test_truncated_gz(write_nifti, rng, tmp_path):
         load_volume(cut)
 
 
+@pytest.mark.parametrize(
+    "variant", ["two_members", "zero_padding", "trailing_text", "no_trailer", "bad_crc"]
+)
+def test_unusual_gzip_streams_load_as_nibabel_reads_them(write_nifti, rng, tmp_path, variant):
+    data = (_good((9, 8, 7), rng) * 3).astype(np.int16)
+    path = write_nifti(data, name="src.nii.gz", dtype=np.int16)
+    raw = path.read_bytes()
+    plain = gzip.decompress(raw)
+    blob = {
+        "two_members": gzip.compress(plain[:500]) + gzip.compress(plain[500:]),
+        "zero_padding": raw + bytes(64),
+        "trailing_text": raw + b"junk",
+        "no_trailer": raw[:-3],
+        "bad_crc": raw[:-8] + bytes(4) + raw[-4:],
+    }[variant]
+    odd = tmp_path / "odd.nii.gz"
+    odd.write_bytes(blob)
+    expected = nib.load(str(odd)).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(load_volume(odd).data, expected)
+
+
 def test_gz_name_but_not_gzip(write_nifti, rng, tmp_path):
     path = write_nifti(_good((5, 5, 5), rng), name="plain.nii")
     fake = tmp_path / "fake.nii.gz"
@@ -220,6 +241,19 @@ def test_save_volume_round_trip_and_no_header_text(tmp_path, rng, affine_oblique
     np.testing.assert_allclose(img.affine, affine_oblique, atol=1e-5)
     assert img.header["descrip"].tobytes().rstrip(b"\x00") == b"gdlesion"
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
+def test_save_volume_writes_the_bytes_nibabel_writes(tmp_path, rng, affine_oblique, dtype):
+    data = (rng.normal(size=(7, 8, 9)) * 50).astype(dtype)
+    path = save_volume(tmp_path / "fast.nii.gz", data, affine_oblique, dtype=dtype)
+    img = nib.Nifti1Image(data, affine_oblique)
+    img.header.set_data_dtype(data.dtype)
+    img.set_sform(affine_oblique, code=1)
+    img.set_qform(affine_oblique, code=1)
+    img.header["descrip"] = b"gdlesion"
+    nib.save(img, str(tmp_path / "nibabel.nii.gz"))
+    assert path.read_bytes() == (tmp_path / "nibabel.nii.gz").read_bytes()
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

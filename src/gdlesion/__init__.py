@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BatchError,
@@ -15,8 +17,31 @@ from .errors import (
 )
 from .io import Volume, load_volume, save_volume
 from .params import DetectionParams, load_params
-from .pipeline import StudyResult, run_study, write_study_outputs
-from .registration import RegistrationResult, register_rigid
+
+if TYPE_CHECKING:
+    from .pipeline import StudyResult, run_study, write_study_outputs
+    from .registration import RegistrationResult, register_rigid
+
+#: Names imported from their module on first use: importing gdlesion (e.g. for the CLI) then
+#: does not load scipy, scikit-image and pandas before they are needed.
+_LAZY = {
+    "StudyResult": "pipeline",
+    "run_study": "pipeline",
+    "write_study_outputs": "pipeline",
+    "RegistrationResult": "registration",
+    "register_rigid": "registration",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 try:
     __version__ = version("gdlesion")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._morphology import distance_transform_edt
 from .preprocess import ball
 
 __all__ = [
@@ -60,7 +61,7 @@ def distance_at(
         tgt = targets[box]
         if not tgt.any():
             continue
-        dist = ndi.distance_transform_edt(~tgt, sampling=zooms)
+        dist = distance_transform_edt(~tgt, zooms)
         sel = labels[box] == idx + 1
         ijk = [a + s.start for a, s in zip(np.nonzero(sel), box, strict=True)]
         where = np.searchsorted(flat, np.ravel_multi_index(ijk, labels.shape))
@@ -112,7 +113,7 @@ def ventricle_mask(
         return csf
     f = tuple(max(1, int(2.0 // z)) for z in zooms)
     small = np.pad(mask[:: f[0], :: f[1], :: f[2]], 1)
-    deep_small = ndi.distance_transform_edt(small, sampling=zooms * np.asarray(f))[1:-1, 1:-1, 1:-1]
+    deep_small = distance_transform_edt(small, zooms * np.asarray(f))[1:-1, 1:-1, 1:-1]
     index = np.ix_(*(np.arange(s) // fi for s, fi in zip(mask.shape, f, strict=True)))
     deep = deep_small[index] >= min_depth_mm
     voxel_ml = float(np.prod(zooms)) / 1000.0
@@ -141,10 +142,15 @@ def anatomy_maps(
     csf_threshold: float,
 ) -> AnatomyMaps:
     """Depth below the brain surface, CSF spaces and ventricles (computed once per study)."""
-    depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    depth = _depth_mm(mask, zooms)
     space = csf_space(pre_mapped, mask, zooms, csf_threshold=csf_threshold)
     vent = ventricle_mask(post, mask, zooms, csf_threshold=csf_threshold)
     return AnatomyMaps(depth, space, vent)
+
+
+def _depth_mm(mask: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each voxel of ``mask`` to the nearest voxel outside it or the grid."""
+    return distance_transform_edt(np.pad(mask, 1), zooms)[1:-1, 1:-1, 1:-1]
 
 
 def anatomical_context(

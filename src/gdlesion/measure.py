@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from .anatomy import Context
 from .blob import label_peaks, peak_blob_ratio
+from .preprocess import fill_holes
 
 __all__ = [
     "LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION", "conspicuity",
@@ -75,21 +76,14 @@ def _per_lesion_shape(
     """
     ring = np.zeros(n, dtype=bool)
     thickness = np.zeros(n)
-    planes = []
-    for axis in range(3):
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        plane = [slice(None)] * 3
-        plane[axis] = 1  # type: ignore[call-overload]
-        structure[tuple(plane)] = ndi.generate_binary_structure(2, 1)
-        planes.append(structure)
     for idx, box in enumerate(ndi.find_objects(labels, max_label=n)):
         if box is None:
             continue
         les = np.pad(labels[box] == idx + 1, 1)
         thickness[idx] = 2.0 * float(ndi.distance_transform_edt(les, sampling=zooms).max())
-        filled = ndi.binary_fill_holes(les)
-        for structure in planes:
-            filled |= ndi.binary_fill_holes(les, structure=structure)
+        filled = fill_holes(les)
+        for axis in range(3):
+            filled |= fill_holes(les, in_plane_of=axis)
         hole = int(filled.sum() - les.sum())
         ring[idx] = hole >= RING_HOLE_FRACTION * filled.sum() and hole >= 2
     return ring, thickness

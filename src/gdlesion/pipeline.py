@@ -14,30 +14,26 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from . import io
 from ._memory import release_freed_memory
-from .anatomy import Context, anatomical_context, anatomy_maps
-from .blob import carve_thick_cores
 from .errors import InputError, RegistrationError, SegmentationError
 from .io import Volume
-from .measure import empty_table, lesion_features
-from .outputs import lesions_table_csv, write_study_outputs  # re-exported
 from .params import AUTO, DetectionParams, auto_preset, load_params
-from .preprocess import (
-    bounding_box,
-    conditional_median_mapping,
-    estimate_brain_mask,
-    n4_bias_field,
-    tissue_thresholds,
-)
-from .registration import RegistrationResult, register_rigid
-from .rules import apply_rules
-from .segment import enhancement_map, find_candidates, robust_sigma
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .outputs import lesions_table_csv, write_study_outputs
+    from .registration import RegistrationResult
+
+# The modules of the numeric stages are imported by _prepare while the scans load
+# (scipy, ~0.25 s) and while the registration runs (pandas, scikit-image, ~0.5 s),
+# not before the first file is even read.
+_DETECTION_MODULES = ("anatomy", "blob", "measure", "rules", "segment")
 
 __all__ = [
     "StudyResult",
@@ -59,6 +55,22 @@ STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "m
 
 Progress = Callable[[str], None]
 VolumeLike = Volume | str | os.PathLike
+
+
+def __getattr__(name: str) -> Any:
+    # re-exported from gdlesion.outputs, imported on first use
+    if name in ("lesions_table_csv", "write_study_outputs"):
+        from . import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _import_detection_modules() -> None:
+    from importlib import import_module
+
+    for name in _DETECTION_MODULES:
+        import_module(f".{name}", __package__)
 
 
 @dataclass(eq=False)
@@ -261,9 +273,23 @@ def _prepare(
 ) -> _Prepared:
     """Load, choose the parameters, register, mask the brain and normalise the pre scan."""
     stage("load")
-    post_v = _as_volume(post, "post-contrast scan")
-    pre_v = _as_volume(pre, "pre-contrast scan")
-    flair_v = _as_volume(flair, "FLAIR") if flair is not None else None
+    # decompression (zlib) releases the GIL: the scans load side by side while the next
+    # stages' modules are imported; a bad post scan is still the error reported first
+    with _executor(threads) as pool:
+        post_job = pool.submit(_as_volume, post, "post-contrast scan")
+        pre_job = pool.submit(_as_volume, pre, "pre-contrast scan")
+        flair_job = pool.submit(_as_volume, flair, "FLAIR") if flair is not None else None
+        from .preprocess import (
+            bounding_box,
+            conditional_median_mapping,
+            estimate_brain_mask,
+            n4_bias_field,
+        )
+        from .registration import register_rigid
+
+        post_v = post_job.result()
+        pre_v = pre_job.result()
+        flair_v = flair_job.result() if flair_job is not None else None
     if isinstance(params, DetectionParams):
         pipeline_name = "custom"
         p = params
@@ -306,6 +332,8 @@ def _prepare(
             mask = np.asarray(brain_mask, dtype=bool)
 
         stage("registration")  # the time still spent waiting for the registrations
+        if threads > 1:
+            _import_detection_modules()  # meanwhile
         # the overlap that matters here is the brain's: checked below on the brain mask
         reg = reg_job.result()
         covered = float(np.count_nonzero(reg.registered.data[mask])) / max(int(mask.sum()), 1)
@@ -347,6 +375,13 @@ def _detect(
     stage: Callable[[str], None] = lambda name: None,
 ) -> StudyResult:
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
+    from .anatomy import Context, anatomical_context, anatomy_maps
+    from .blob import carve_thick_cores
+    from .measure import empty_table, lesion_features
+    from .preprocess import tissue_thresholds
+    from .rules import apply_rules
+    from .segment import enhancement_map, find_candidates, robust_sigma
+
     p = prep.params if params is None else params
     post_v, box, mask, mask_c = prep.post, prep.box, prep.mask, prep.mask_c
     post_c, pre_mapped = prep.post_c, prep.pre_mapped
@@ -499,6 +534,7 @@ def package_versions() -> dict[str, str]:
     """Versions of gdlesion and the numeric libraries that decide the results."""
     import matplotlib
     import nibabel
+    import pandas as pd
     import scipy
     import SimpleITK
     import skimage

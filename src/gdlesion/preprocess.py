@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
+from ._morphology import distance_transform_edt
 from .errors import SegmentationError
 from .skullstrip import largest_component as _largest_component
 from .skullstrip import watershed_brain
@@ -254,7 +255,7 @@ def estimate_brain_mask(
             del nearby, head_s
         del smooth, head, central, dist2
     small = tissue[:: f[0], :: f[1], :: f[2]]
-    depth = ndi.distance_transform_edt(small, sampling=small_zooms)
+    depth = distance_transform_edt(small, small_zooms)
     core = _largest_component(depth > opening_mm)
     if full_head and core.any():
         # the brain's centre is its thickest point; a full head's tissue also runs down
@@ -285,16 +286,23 @@ def estimate_brain_mask(
     # back by the radius plus one voxel of the coarse grid; in-plane on coarse full heads
     # (one 5.5 mm slice more would reach 12 mm into the scalp)
     margin = float(small_zooms.min() if coarse else small_zooms.max())
-    small = ndi.distance_transform_edt(~core, sampling=small_zooms) <= opening_mm + margin
+    small = distance_transform_edt(~core, small_zooms) <= opening_mm + margin
     del core
     if veto is not None and veto.any():
         small &= veto
     index = np.ix_(*(np.arange(n) // fi for n, fi in zip(data.shape, f, strict=True)))
     brain = small[index] & tissue
     del tissue, small
-    brain = _largest_component(brain)
-    brain = fill_holes(brain)
-    brain = fill_holes(brain, in_plane_of=_slice_axis(affine))
+    # the last steps run in the mask's bounding box grown by one background voxel: every
+    # voxel outside it is background connected to the grid's border, so the components and
+    # holes are those of the whole grid, at a fraction of the cost
+    box = bounding_box(brain, margin=1)
+    if brain[box].any():
+        part = _largest_component(brain[box])
+        part = fill_holes(part)
+        part = fill_holes(part, in_plane_of=_slice_axis(affine))
+        brain = np.zeros(data.shape, dtype=bool)
+        brain[box] = part
     volume_ml = float(brain.sum()) * float(np.prod(zooms)) / 1000.0
     if volume_ml < min_volume_ml:
         raise SegmentationError(
@@ -366,8 +374,27 @@ def equal_count_bins(x: np.ndarray, *, n_bins: int) -> tuple[np.ndarray, np.ndar
 
 
 def per_bin_median(values: np.ndarray, idx: np.ndarray, mid: np.ndarray) -> np.ndarray:
-    """Lower median of ``values`` in each non-empty bin of :func:`equal_count_bins` (one sort)."""
-    return values[np.lexsort((values, idx))][mid]
+    """Lower median of ``values`` in each non-empty bin of :func:`equal_count_bins`.
+
+    ``mid`` are positions in ``values`` sorted by bin, then by value; the result
+    is exactly ``values[np.lexsort((values, idx))][mid]``, found by grouping the
+    samples by bin (a stable radix sort of the small bin numbers) and one
+    partial sort per bin, several times faster than the full lexsort.
+    """
+    mid = np.asarray(mid)
+    if mid.size == 0:
+        return values[:0].copy()
+    counts = np.bincount(idx)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    grouped = values[np.argsort(idx.astype(np.min_scalar_type(counts.size)), kind="stable")]
+    bins = np.searchsorted(ends, mid, side="right")
+    out = np.empty(mid.shape, dtype=values.dtype)
+    for b in np.unique(bins):
+        at = np.flatnonzero(bins == b)
+        kth = mid[at] - starts[b]
+        out[at] = np.partition(grouped[starts[b] : ends[b]], kth)[kth]
+    return out
 
 
 def tissue_thresholds(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

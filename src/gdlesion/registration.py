@@ -35,6 +35,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from skimage.filters import threshold_otsu
 
 from .errors import RegistrationError
 from .io import Volume, from_sitk, matrix_from_sitk_transform, to_sitk
+from .preprocess import fill_holes
 from .transforms import resample_volume, rigid_matrix, rotation_angles_deg
 
 __all__ = [
@@ -193,12 +195,11 @@ def register_rigid(
         raise ValueError(f"levels_mm must be positive voxel sizes, got {levels_mm!r}")
     start = time.perf_counter()
     who = f"registration of {moving.name or 'moving image'} onto {fixed.name or 'fixed image'}"
-    fixed_img = to_sitk(fixed)
-    moving_img = to_sitk(moving)
-    fixed_crop = _crop_to_head(fixed_img)
-    moving_crop = _crop_to_head(moving_img)
-    fixed_levels = [_shrink(fixed_crop, mm) for mm in levels_mm]
-    moving_levels = [_shrink(moving_crop, mm) for mm in levels_mm]
+    # the two images are converted and cropped side by side (numpy and ITK release the GIL)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        moving_job = pool.submit(_pyramid, moving, levels_mm)
+        fixed_img, fixed_crop, fixed_levels = _pyramid(fixed, levels_mm)
+        moving_img, moving_crop, moving_levels = moving_job.result()
     settings = _Settings(samples_per_level, histogram_bins, max_iterations, seed, threads)
 
     _check_world_overlap(fixed_crop, moving_crop, who)
@@ -214,15 +215,16 @@ def register_rigid(
         )
 
     matrix = matrix_from_sitk_transform(transform)
-    before, after, overlap = _qc(fixed_levels[-1], moving_levels[-1], transform)
-    if not overlap >= min_overlap:
-        raise RegistrationError(
-            f"{who}: only {overlap:.0%} of the fixed head overlaps the moving head after "
-            f"registration (minimum {min_overlap:.0%}); are these scans of the same head?"
-        )
-    registered = sitk.Resample(moving_img, fixed_img, transform, sitk.sitkLinear, 0.0,
-                               sitk.sitkFloat32)
-    out = Volume(from_sitk(registered).data, fixed.affine, moving.name)
+    # the full-resolution resampling runs while the QC numbers are computed
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        resampled = pool.submit(_resample_array, moving_img, fixed_img, transform)
+        before, after, overlap = _qc(fixed_levels[-1], moving_levels[-1], transform)
+        if not overlap >= min_overlap:
+            raise RegistrationError(
+                f"{who}: only {overlap:.0%} of the fixed head overlaps the moving head after "
+                f"registration (minimum {min_overlap:.0%}); are these scans of the same head?"
+            )
+        out = Volume(resampled.result(), fixed.affine, moving.name)
     return RegistrationResult(
         matrix_ras=matrix,
         registered=out,
@@ -238,13 +240,42 @@ def register_rigid(
     )
 
 
+def _pyramid(volume: Volume, levels_mm: tuple[float, ...]
+             ) -> tuple[sitk.Image, sitk.Image, list[sitk.Image]]:
+    """SimpleITK image, its crop to the head and the crop's pyramid levels."""
+    image = to_sitk(volume)
+    crop = _crop_to_head(image)
+    return image, crop, [_shrink(crop, mm) for mm in levels_mm]
+
+
+def _resample_array(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform
+                    ) -> np.ndarray:
+    """Resample ``moving`` on ``fixed``'s grid (linear, 0 outside); nibabel-order float32."""
+    registered = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return from_sitk(registered).data
+
+
 def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
               levels_mm: tuple[float, ...], init: str,
               settings: _Settings,
               ) -> tuple[sitk.Euler3DTransform, float, float, list[dict[str, Any]]]:
     """Initialise, then run each pyramid level; return transform, metrics, per-level records."""
     transform = _initial_transform(fixed_levels[0], moving_levels[0], init, settings)
-    metric_initial = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the initial metric (of a copy of the transform, its own single-threaded method)
+        # is evaluated while the first level runs
+        initial = pool.submit(_metric, fixed_levels[-1], moving_levels[-1],
+                              sitk.Euler3DTransform(transform), settings)
+        records = _run_levels(fixed_levels, moving_levels, levels_mm, transform, settings)
+        metric_initial = initial.result()
+    metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
+    return transform, metric_initial, metric_final, records
+
+
+def _run_levels(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
+                levels_mm: tuple[float, ...], transform: sitk.Euler3DTransform,
+                settings: _Settings) -> list[dict[str, Any]]:
+    """Optimise ``transform`` in place level by level; return the per-level records."""
     records = []
     for level, (f_img, m_img) in enumerate(zip(fixed_levels, moving_levels, strict=True)):
         method = _method(f_img, settings)
@@ -269,8 +300,7 @@ def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
         records.append({"level_mm": step, "iterations": int(method.GetOptimizerIteration()),
                         "metric": float(method.GetMetricValue()),
                         "stop_reason": method.GetOptimizerStopConditionDescription()})
-    metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
-    return transform, metric_initial, metric_final, records
+    return records
 
 
 _THREADS_STATE = {"active": 0, "value": 0, "old": 0}
@@ -373,7 +403,7 @@ def _head_mask(image: sitk.Image) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         fg = labels == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(fg)
+    return fill_holes(fg)
 
 
 def _crop_to_head(image: sitk.Image) -> sitk.Image:

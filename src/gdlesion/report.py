@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,53 +219,64 @@ def _id_column(table: pd.DataFrame) -> str | None:
     return next((c for c in ("lesion_id", "label") if c in table.columns), None)
 
 
-def _registration_figures(view: SessionView, canon: rf.Canonical, mask_c: np.ndarray | None,
-                          post_c: np.ndarray) -> dict[str, str]:
+#: Encodes an RGB image as a PNG data URI, now or later (a future of the URI).
+_Encode = Callable[[np.ndarray], "str | Future[str]"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Canonical:
+    """A session's arrays reoriented once to RAS axes (see :func:`rf.canonical`)."""
+
+    canon: rf.Canonical
+    post: np.ndarray
+    pre: np.ndarray | None
+    mask: np.ndarray | None
+    enhancement: np.ndarray | None
+    labels: np.ndarray
+
+
+def _registration_figures(c: _Canonical, encode: _Encode) -> dict[str, Any]:
+    canon, mask_c, post_c = c.canon, c.mask, c.post
     center = (np.array(np.nonzero(mask_c)).mean(axis=1) if mask_c is not None and mask_c.any()
               else (np.array(post_c.shape) - 1) / 2.0)
     post_w = rf.window(post_c, mask_c)
     post_planes = rf.plane_slices(post_c, canon.zooms, center)
-    figs = dict.fromkeys(_FIGURES, "")
-    figs["post"] = (rf.png_data_uri(rf.hstack([rf.to_rgb(p, *post_w) for p in post_planes])))
-    if view.pre_registered is not None:
-        pre_c = canon.apply(view.pre_registered.data)
-        pre_planes = rf.plane_slices(pre_c, canon.zooms, center)
-        pre_w = rf.window(pre_c, mask_c)
-        figs["pre"] = rf.png_data_uri(rf.hstack([rf.to_rgb(p, *pre_w) for p in pre_planes]))
-        figs["edges"] = rf.png_data_uri(rf.hstack([
+    figs: dict[str, Any] = dict.fromkeys(_FIGURES, "")
+    figs["post"] = encode(rf.hstack([rf.to_rgb(p, *post_w) for p in post_planes]))
+    if c.pre is not None:
+        pre_planes = rf.plane_slices(c.pre, canon.zooms, center)
+        pre_w = rf.window(c.pre, mask_c)
+        figs["pre"] = encode(rf.hstack([rf.to_rgb(p, *pre_w) for p in pre_planes]))
+        figs["edges"] = encode(rf.hstack([
             rf.overlay_edges(rf.to_rgb(p, *post_w), q, rf.MAGENTA)
             for p, q in zip(post_planes, pre_planes, strict=True)
         ]))
     if mask_c is not None:
         mask_planes = rf.plane_slices(mask_c.astype(np.uint8), canon.zooms, center, order=0)
-        figs["mask"] = rf.png_data_uri(rf.hstack([
+        figs["mask"] = encode(rf.hstack([
             rf.overlay_outline(rf.to_rgb(p, *post_w), m > 0, rf.CYAN)
             for p, m in zip(post_planes, mask_planes, strict=True)
         ]))
-    if view.enhancement is not None:
-        enh_c = canon.apply(view.enhancement)
-        planes = rf.plane_slices(enh_c, canon.zooms, center)
-        les = rf.plane_slices(canon.apply(view.labels > 0).astype(np.uint8), canon.zooms, center,
-                              order=0)
+    if c.enhancement is not None:
+        planes = rf.plane_slices(c.enhancement, canon.zooms, center)
+        les = rf.plane_slices((c.labels > 0).astype(np.uint8), canon.zooms, center, order=0)
         rgbs = [rf.enhancement_rgb(p) for p in planes]
         if mask_c is not None:
             rgbs = [rf.overlay_outline(r, m > 0, (0, 0, 0)) for r, m in zip(rgbs, mask_planes,
                                                                              strict=True)]
         rgbs = [rf.overlay_outline(r, m > 0, (0, 150, 0)) for r, m in zip(rgbs, les, strict=True)]
-        figs["enhancement"] = rf.png_data_uri(rf.hstack(rgbs))
+        figs["enhancement"] = encode(rf.hstack(rgbs))
     return figs
 
 
-def _lesion_entries(view: SessionView, canon: rf.Canonical, table: pd.DataFrame,
-                    label_map: np.ndarray | None, layers: list, windows: list,
-                    color: tuple[int, int, int], max_images: int | None = None
-                    ) -> list[dict[str, Any]]:
-    if label_map is None or table.empty:
+def _lesion_entries(canon: rf.Canonical, table: pd.DataFrame, labels_c: np.ndarray | None,
+                    layers: list, windows: list, color: tuple[int, int, int], encode: _Encode,
+                    max_images: int | None = None) -> list[dict[str, Any]]:
+    if labels_c is None or table.empty:
         return []
     idcol = _id_column(table)
     from scipy import ndimage as ndi
 
-    labels_c = canon.apply(label_map)
     boxes = ndi.find_objects(np.maximum(labels_c, 0))  # one pass for every label
     entries = []
     for n, row in enumerate(table.to_dict("records")):
@@ -274,7 +287,7 @@ def _lesion_entries(view: SessionView, canon: rf.Canonical, table: pd.DataFrame,
         if box is not None and (max_images is None or n < max_images):
             rgb, k = rf.lesion_tile(layers, labels_c, lid, canon.zooms, windows, color=color,
                                     box=box)
-            entry.update(image=rf.png_data_uri(rgb), slice=k)
+            entry.update(image=encode(rgb), slice=k)
         entries.append(entry)
     return entries
 
@@ -302,30 +315,48 @@ def session_context(view: SessionView) -> dict[str, Any]:
     if view.post is None:
         return context
     canon = rf.canonical(view.post.affine)
-    post_c = canon.apply(view.post.data)
-    mask_c = canon.apply(view.brain_mask.astype(np.uint8)) > 0 if view.brain_mask is not None \
-        else None
-    context["figures"] = _registration_figures(view, canon, mask_c, post_c)
+    # views, not copies: only slices and small crops of the volumes are drawn
+    c = _Canonical(
+        canon=canon,
+        post=canon.view(view.post.data),
+        pre=canon.view(view.pre_registered.data) if view.pre_registered is not None else None,
+        mask=canon.view(view.brain_mask) > 0 if view.brain_mask is not None else None,
+        enhancement=canon.view(view.enhancement) if view.enhancement is not None else None,
+        labels=canon.view(view.labels),
+    )
     layers, windows, names = [], [], []
-    if view.pre_registered is not None:
-        pre_c = canon.apply(view.pre_registered.data)
-        layers.append((pre_c, "gray"))
-        windows.append(rf.window(pre_c, mask_c))
+    if c.pre is not None:
+        layers.append((c.pre, "gray"))
+        windows.append(rf.window(c.pre, c.mask))
         names.append("pre (registered)")
-    layers.append((post_c, "gray"))
-    windows.append(rf.window(post_c, mask_c))
+    layers.append((c.post, "gray"))
+    windows.append(rf.window(c.post, c.mask))
     names.append("post")
-    if view.enhancement is not None:
-        layers.append((canon.apply(view.enhancement), "z"))
+    if c.enhancement is not None:
+        layers.append((c.enhancement, "z"))
         windows.append((0.0, 1.0))
         names.append("enhancement (z)")
     context["panels"] = names
-    context["lesions"] = _lesion_entries(view, canon, view.lesions, view.labels, layers, windows,
-                                         rf.RED)
-    context["rejected"] = _lesion_entries(view, canon, view.rejected, view.rejected_labels,
-                                          layers, windows, rf.YELLOW,
-                                          max_images=MAX_REJECTED_IMAGES)
+    rejected_c = canon.view(view.rejected_labels) if view.rejected_labels is not None else None
+    # the PNGs are compressed (zlib releases the GIL) in worker threads while the next
+    # images are drawn
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        def encode(rgb: np.ndarray) -> Future[str]:
+            return pool.submit(rf.png_data_uri, rgb)
+
+        figures = _registration_figures(c, encode)
+        lesions = _lesion_entries(canon, view.lesions, c.labels, layers, windows, rf.RED, encode)
+        rejected = _lesion_entries(canon, view.rejected, rejected_c, layers, windows, rf.YELLOW,
+                                   encode, max_images=MAX_REJECTED_IMAGES)
+    context["figures"] = {k: _done(v) for k, v in figures.items()}
+    for entry in lesions + rejected:
+        entry["image"] = _done(entry["image"])
+    context["lesions"], context["rejected"] = lesions, rejected
     return context
+
+
+def _done(value: str | Future[str]) -> str:
+    return value.result() if isinstance(value, Future) else value
 
 
 def render_template(name: str, **context: Any) -> str:

@@ -11,11 +11,15 @@ belongs to a candidate when ``z >= low_threshold``.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ._morphology import regional_maxima
 from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
 from .preprocess import equal_count_bins, per_bin_median
@@ -211,7 +215,9 @@ def split_touching(
     watershed runs again, so small shoulders stay with their neighbour.
 
     The work is done in each component's bounding box (a loop over
-    components, not voxels).
+    components, not voxels); the components are split in two threads
+    (SimpleITK, scipy and the watershed release the GIL), the largest first,
+    and numbered in their order.
 
     Returns
     -------
@@ -227,12 +233,9 @@ def split_touching(
     # log z shifted to be >= 1 inside the candidates, 0 outside (one global shift)
     shift = np.log(z[fg_all].astype(np.float32, copy=False)).min() - np.float32(1.0)
     h = float(-np.log(saddle_ratio))
-    next_label = int(out.max()) + 1
     sizes = np.bincount(out.ravel())
-    for idx, box in enumerate(ndi.find_objects(out)):
-        comp = idx + 1
-        if box is None or sizes[comp] < 2 * min_voxels:
-            continue
+
+    def pieces_of(comp: int, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, int] | None:
         fg = out[box] == comp
         zc = np.where(fg, z[box], 0.0).astype(np.float32)
         # h-maxima transform (ITK's) in the component's box: components are
@@ -241,12 +244,9 @@ def split_touching(
         np.log(zc, out=logz, where=fg)
         logz[fg] -= shift
         rec = sitk.HMaxima(sitk.GetImageFromArray(logz), h)
-        peaks = sitk.GetArrayFromImage(
-            sitk.RegionalMaxima(rec, backgroundValue=0, foregroundValue=1, fullyConnected=True)
-        ).astype(bool)
-        peaks &= fg
+        peaks = regional_maxima(sitk.GetArrayViewFromImage(rec), within=fg)
         if np.count_nonzero(peaks) < 2:
-            continue
+            return None
         markers, n_markers = ndi.label(peaks, structure=CONNECTIVITY)
         while n_markers > 1:
             pieces = watershed(-zc, markers, mask=fg, connectivity=CONNECTIVITY)
@@ -254,15 +254,37 @@ def split_touching(
             small = piece_sizes < min_voxels
             small[0] = False
             if not small.any():
-                break
+                return fg, pieces, n_markers
             smallest = int(np.argmin(np.where(small, piece_sizes, np.iinfo(np.int64).max)))
-            markers[markers == smallest] = 0
-            markers, n_markers = relabel_sequential(markers)
-        if n_markers > 1:
+            # drop that marker, renumber the others 1..n-1 in order
+            lut = np.arange(n_markers + 1, dtype=np.int32)
+            lut[smallest] = 0
+            lut[smallest + 1 :] -= 1
+            markers = lut[markers]
+            n_markers -= 1
+        return None
+
+    jobs = [
+        (idx + 1, box) for idx, box in enumerate(ndi.find_objects(out))
+        if box is not None and sizes[idx + 1] >= 2 * min_voxels
+    ]
+    by_size = sorted(range(len(jobs)), key=lambda j: -sizes[jobs[j][0]])
+    with ThreadPoolExecutor(max_workers=2 if (os.cpu_count() or 1) > 1 else 1) as pool:
+        futures = {j: pool.submit(pieces_of, *jobs[j]) for j in by_size}
+        results = [futures[j].result() for j in range(len(jobs))]
+    next_label = int(out.max()) + 1
+    for (comp, box), split in zip(jobs, results, strict=True):
+        if split is not None:
+            fg, pieces, n_markers = split
             region = out[box]
             region[fg] = np.where(pieces[fg] == 1, comp, pieces[fg] + next_label - 2)
             next_label += n_markers - 1
-    return relabel_sequential(out)
+    # relabel_sequential's renumbering, counted with bincount instead of a whole-crop np.unique
+    used = np.flatnonzero(np.bincount(out.ravel()))
+    used = used[used > 0]
+    lut = np.zeros(int(out.max()) + 1, dtype=np.int32)
+    lut[used] = np.arange(1, used.size + 1, dtype=np.int32)
+    return lut[out], int(used.size)
 
 
 def refine_boundaries(
