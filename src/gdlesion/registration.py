@@ -128,7 +128,7 @@ def register_rigid(
     fixed: Volume,
     *,
     levels_mm: tuple[float, ...] = (4.0, 2.0),
-    samples_per_level: int = 20000,
+    samples_per_level: int | tuple[int, ...] | None = None,
     histogram_bins: int = 32,
     max_iterations: int = 200,
     init: Literal["auto", "geometry", "moments", "identity"] = "auto",
@@ -149,8 +149,14 @@ def register_rigid(
         is block-averaged by ``max(1, round(level / voxel_edge))``, so thick
         slices are never shrunk through-plane. Use ``(4, 2, 1)`` for a
         (slower) full-resolution final pass.
-    samples_per_level : int
-        Random metric samples per level (fixed seed, see ``seed``).
+    samples_per_level : int or tuple of int, optional
+        Random metric samples (fixed seed, see ``seed``): one number for every
+        level, or one per level of ``levels_mm``. Default: 20,000 on the
+        finest level and 8,000 on the coarser ones, where the conjugate
+        gradient's line search evaluates the metric several times per
+        iteration. Measured on the 3 real Lesjak pairs moved by 12 random rigid
+        transforms (up to 10 degrees and 10 mm): the same accuracy as 20,000
+        everywhere and about a third less time (see ``benchmarks/README.md``).
     histogram_bins : int
         Mattes mutual information histogram bins.
     max_iterations : int
@@ -200,7 +206,8 @@ def register_rigid(
         moving_job = pool.submit(_pyramid, moving, levels_mm)
         fixed_img, fixed_crop, fixed_levels = _pyramid(fixed, levels_mm)
         moving_img, moving_crop, moving_levels = moving_job.result()
-    settings = _Settings(samples_per_level, histogram_bins, max_iterations, seed, threads)
+    samples = _level_samples(samples_per_level, len(levels_mm))
+    settings = _Settings(samples, histogram_bins, max_iterations, seed, threads)
 
     _check_world_overlap(fixed_crop, moving_crop, who)
     try:
@@ -278,7 +285,7 @@ def _run_levels(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
     """Optimise ``transform`` in place level by level; return the per-level records."""
     records = []
     for level, (f_img, m_img) in enumerate(zip(fixed_levels, moving_levels, strict=True)):
-        method = _method(f_img, settings)
+        method = _method(f_img, settings, settings.samples[level])
         step = float(levels_mm[level])
         if level == 0:
             # coarse: conjugate gradient with a short line search copes with flat, badly
@@ -337,21 +344,41 @@ def _itk_threads(threads: int) -> Iterator[None]:
                 _THREADS_CHANGED.notify_all()
 
 
+def _level_samples(samples: int | tuple[int, ...] | None, n_levels: int) -> tuple[int, ...]:
+    """Metric samples of each pyramid level (see ``register_rigid``'s ``samples_per_level``)."""
+    if samples is None:
+        return (COARSE_SAMPLES,) * (n_levels - 1) + (FINE_SAMPLES,)
+    values = (samples,) * n_levels if np.ndim(samples) == 0 else tuple(samples)
+    if len(values) != n_levels or any(int(v) < 1 for v in values):
+        raise ValueError(
+            f"samples_per_level must be a positive number or one per level ({n_levels}), "
+            f"got {samples!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+#: Default metric samples on the finest pyramid level (and for the initial/final metric).
+FINE_SAMPLES = 20_000
+#: Default metric samples on the coarser levels.
+COARSE_SAMPLES = 8_000
+
+
 @dataclass(frozen=True)
 class _Settings:
-    samples: int
+    samples: tuple[int, ...]  # per level; the last one also for the metric evaluations
     bins: int
     max_iterations: int
     seed: int
     threads: int
 
 
-def _method(fixed_level: sitk.Image, settings: _Settings) -> sitk.ImageRegistrationMethod:
+def _method(fixed_level: sitk.Image, settings: _Settings, samples: int
+            ) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     n_vox = float(np.prod(fixed_level.GetSize()))
-    method.SetMetricSamplingPercentage(min(1.0, settings.samples / n_vox), settings.seed)
+    method.SetMetricSamplingPercentage(min(1.0, samples / n_vox), settings.seed)
     # sparse samples: central differences at the samples beat a whole-image gradient filter
     method.SetMetricUseFixedImageGradientFilter(False)
     method.SetMetricUseMovingImageGradientFilter(False)
@@ -362,7 +389,7 @@ def _method(fixed_level: sitk.Image, settings: _Settings) -> sitk.ImageRegistrat
 
 def _metric(fixed_level: sitk.Image, moving_level: sitk.Image, transform: sitk.Transform,
             settings: _Settings) -> float:
-    method = _method(fixed_level, settings)
+    method = _method(fixed_level, settings, settings.samples[-1])
     method.SetInitialTransform(transform, inPlace=False)
     return float(method.MetricEvaluate(fixed_level, moving_level))
 
