@@ -96,9 +96,13 @@ def save_qc_png(result: StudyResult, path: str | os.PathLike) -> None:
     fig.suptitle(
         f"{result.lesion_count} lesion(s), {result.total_volume_mm3:.0f} mm³ "
         "(red: lesions, yellow: rejected candidates)",
-        fontsize=9,
+        fontsize=9, y=1 - 0.12 / (3.4 * nrow), va="top",
     )
-    fig.tight_layout()
+    # fixed margins (in inches: room for the titles) instead of tight_layout, which
+    # measures every text's extent and took ~0.1-0.3 s per figure
+    height = 3.4 * nrow
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height,
+                        wspace=0.04, hspace=0.25 / 3.4)
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png", metadata={"Software": None})
     plt.close(fig)
