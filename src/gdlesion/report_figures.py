@@ -266,13 +266,20 @@ def lesion_tile(
     hi = np.minimum(labels.shape[:2], np.ceil(centre + half) + 1).astype(int)
     crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), k)
     zz = _plane_zooms(zooms, "axial")
-    # Nearest-neighbour upsampling keeps voxels visible and the outline exact.
-    mask = _square((labels[crop].T[::-1] == label).astype(np.uint8), zz, pixels=TILE_PIXELS,
-                   order=0) > 0
+    # Nearest-neighbour upsampling keeps voxels visible and the outline exact. Every
+    # layer is upsampled alike: zoom the pixel indices once, then gather each layer.
+    shape = (hi[1] - lo[1], hi[0] - lo[0])  # of the displayed (transposed) slice
+    index = _square(np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape), zz,
+                    pixels=TILE_PIXELS, order=0).astype(np.intp)
+
+    def upsample(vol: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(vol[crop].T[::-1]).ravel()[index]
+
+    mask = upsample(labels) == label
     outline = _boundary(mask)
     panels = []
     for (vol, kind), (vmin, vmax) in zip(layers, windows, strict=True):
-        img = _square(vol[crop].T[::-1].astype(np.float32), zz, pixels=TILE_PIXELS, order=0)
+        img = upsample(vol).astype(np.float32)
         rgb = enhancement_rgb(img) if kind == "z" else to_rgb(img, vmin, vmax)
         rgb[outline] = color
         panels.append(rgb)
