@@ -27,14 +27,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from nibabel.arraywriters import get_slope_inter, make_array_writer
 
 from .errors import InputError, OutputError
+
+if TYPE_CHECKING:  # SimpleITK (~0.1 s) is imported by the conversions that use it
+    import SimpleITK as sitk
 
 __all__ = [
     "Volume",
@@ -519,12 +521,17 @@ def ras_to_lps(matrix: np.ndarray) -> np.ndarray:
     return _FLIP @ np.asarray(matrix, dtype=np.float64) @ _FLIP
 
 
-def to_sitk(volume: Volume, *, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+def to_sitk(volume: Volume, *, pixel_type: int | None = None) -> sitk.Image:
     """Convert a :class:`Volume` to a SimpleITK image with identical world geometry.
 
     SimpleITK's array is ``[k, j, i]``; its index ``(x, y, z)`` is nibabel's
-    ``(i, j, k)`` and its physical space is LPS.
+    ``(i, j, k)`` and its physical space is LPS. ``pixel_type`` defaults to
+    ``sitk.sitkFloat32``.
     """
+    import SimpleITK as sitk
+
+    if pixel_type is None:
+        pixel_type = sitk.sitkFloat32
     arr = np.ascontiguousarray(np.asarray(volume.data).transpose(2, 1, 0))
     img = sitk.GetImageFromArray(arr)
     if img.GetPixelID() != pixel_type:
@@ -539,6 +546,8 @@ def to_sitk(volume: Volume, *, pixel_type: int = sitk.sitkFloat32) -> sitk.Image
 
 def from_sitk(image: sitk.Image, *, name: str = "") -> Volume:
     """Convert a SimpleITK image back to a :class:`Volume` (RAS affine, nibabel order)."""
+    import SimpleITK as sitk
+
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
@@ -565,6 +574,8 @@ def matrix_from_sitk_transform(transform: sitk.Transform) -> np.ndarray:
 
 def sitk_transform_from_matrix(matrix_ras: np.ndarray) -> sitk.AffineTransform:
     """Build a SimpleITK affine transform from a 4x4 RAS-mm point matrix."""
+    import SimpleITK as sitk
+
     lps = ras_to_lps(matrix_ras)
     tx = sitk.AffineTransform(3)
     tx.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
