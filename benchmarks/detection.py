@@ -271,8 +271,17 @@ def elastix_rigid_seconds(patient: str) -> float:
     return time.perf_counter() - start
 
 
-def _elastix(patient: str) -> float:
-    return elastix_rigid_seconds(patient)
+def elastix_seconds_in_subprocess(patient: str) -> float:
+    """:func:`elastix_rigid_seconds` in a fresh process that has ended when this returns.
+
+    (A pool worker would be replaced by a new one starting up beside the next
+    timed command, slowing it by ~0.5 s.)
+    """
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"from detection import elastix_rigid_seconds; "
+            f"print(elastix_rigid_seconds({patient!r}))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def inspect_cli_seconds(patient: str) -> float:
@@ -350,13 +359,16 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
+    # baseline and the whole CLI, interleaved (median of 3 each), each in a fresh process with
+    # nothing else running
+    elastix_runs, cli_runs = [], []
+    for _ in range(3):
+        elastix_runs.append(elastix_seconds_in_subprocess(patients[0]))
+        cli_runs.append(inspect_cli_seconds(patients[0]))
+    elastix_s, cli_s = float(np.median(elastix_runs)), float(np.median(cli_runs))
+    print(f"  elastix rigid {[round(v, 2) for v in elastix_runs]} s; "
+          f"inspect CLI {[round(v, 2) for v in cli_runs]} s", flush=True)
     with ctx.Pool(1, maxtasksperchild=1) as pool:
-        # baseline and the whole CLI, interleaved twice (median of 2 each)
-        elastix_runs, cli_runs = [], []
-        for _ in range(2):
-            elastix_runs.append(pool.apply(_elastix, (patients[0],)))
-            cli_runs.append(inspect_cli_seconds(patients[0]))
-        elastix_s, cli_s = float(np.median(elastix_runs)), float(np.median(cli_runs))
         for case in cases:
             if case["kind"].startswith("sim"):
                 case["npz"] = f"{tmp}/{case['name'].removesuffix('+flair')}.npz"
