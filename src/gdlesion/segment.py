@@ -22,7 +22,7 @@ from skimage.segmentation import watershed
 from ._morphology import regional_maxima
 from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
-from .preprocess import equal_count_bins, per_bin_median
+from .preprocess import ball, equal_count_bins, per_bin_median
 
 __all__ = [
     "DetectionParams",
@@ -412,26 +412,20 @@ def regrow_small(
     if small.size == 0:
         return labels, n
     out = np.asarray(labels, dtype=np.int32).copy()
-    zooms = np.asarray(zooms, dtype=float)
-    reach = np.floor(radius_mm / zooms + 1e-9).astype(int)
-    offsets = np.stack(
-        np.meshgrid(*[np.arange(-r, r + 1) * z for r, z in zip(reach, zooms, strict=True)],
-                    indexing="ij"),
-        axis=-1,
-    )
-    within = (offsets**2).sum(axis=-1) <= radius_mm**2 + 1e-9
+    within = ball(radius_mm, np.asarray(zooms, dtype=float))
+    reach = (np.array(within.shape) - 1) // 2
     for idx in small:
         pk = ijk[idx]
         lo = pk - reach
         clip_lo = np.maximum(lo, 0)
         clip_hi = np.minimum(pk + reach + 1, out.shape)
         box = tuple(slice(a, b) for a, b in zip(clip_lo, clip_hi, strict=True))
-        ball = within[
+        near = within[
             tuple(slice(a - b, c - b) for a, b, c in zip(clip_lo, lo, clip_hi, strict=True))
         ]
         sub = out[box]
         level = np.float32(fraction) * smoothed[tuple(pk)]
-        ok = ball & mask[box] & (smoothed[box] >= level) & ((sub == 0) | (sub == idx + 1))
+        ok = near & mask[box] & (smoothed[box] >= level) & ((sub == 0) | (sub == idx + 1))
         lab, _ = ndi.label(ok, structure=CONNECTIVITY)
         at = lab[tuple(pk - clip_lo)]
         if at:
