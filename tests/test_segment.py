@@ -115,6 +115,7 @@ def _table(**values):
         compactness=2.0,
         blob_ratio=0.8,
         conspicuity=5.0,
+        max_enhancement_pct=50.0,
         pattern="nodular",
     )
     row.update(values)
@@ -145,6 +146,16 @@ def _table(**values):
         ({"csf_distance_mm": 1.1}, ""),
         ({"flair_z": 0.45}, "no_flair_lesion"),
         ({"flair_z": 0.5}, ""),
+        ({"max_enhancement_pct": 24.9}, "faint"),
+        ({"max_enhancement_pct": 25.0}, ""),
+        ({"conspicuity": 2.99}, "inconspicuous"),
+        ({"conspicuity": 3.0}, ""),
+        # a peak that is not round (blob ratio < 0.6) must stand out more
+        ({"conspicuity": 4.49, "blob_ratio": 0.59}, "inconspicuous"),
+        ({"conspicuity": 4.5, "blob_ratio": 0.59}, ""),
+        ({"conspicuity": 3.0, "blob_ratio": 0.6}, ""),
+        ({"conspicuity": 3.0, "blob_ratio": 0.5, "pattern": "ring"}, ""),
+        ({"conspicuity": 3.0, "blob_ratio": np.nan}, ""),
     ],
 )
 def test_rules_inclusive_thresholds(values, reason):
@@ -244,14 +255,20 @@ def test_auto_preset_by_slice_thickness_and_flair():
     assert auto_preset((1.0, 1.0, 2.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
     assert {"default", "flair", "clinical-2d"} <= set(preset_names())
-    assert load_params("flair").noise_guide_mm > 0 == load_params("default").noise_guide_mm
+    assert load_params("default").noise_guide_mm > 0 == load_params("clinical-2d").noise_guide_mm
+    assert load_params("flair").noise_guide_mm == load_params("default").noise_guide_mm
+    # the FLAIR rule, not the stricter contrast rules, cleans up the flair preset
+    assert load_params("flair").min_conspicuity < load_params("default").min_conspicuity
+    assert load_params("flair").min_conspicuity_elongated == 0.0
 
 
-def test_faint_rule_inclusive_and_off_by_default():
+def test_faint_rule_inclusive_and_off_in_clinical_2d():
     strict = DetectionParams(min_enhancement_pct=20.0)
     assert apply_rules(_table(max_enhancement_pct=19.9), strict).tolist() == ["faint"]
     assert apply_rules(_table(max_enhancement_pct=20.0), strict).tolist() == [""]
-    assert apply_rules(_table(max_enhancement_pct=5.0), DetectionParams()).tolist() == [""]
+    assert apply_rules(_table(max_enhancement_pct=5.0), DetectionParams()).tolist() == ["faint"]
+    off = load_params("clinical-2d")
+    assert apply_rules(_table(max_enhancement_pct=5.0), off).tolist() == [""]
     assert load_params("flair").min_enhancement_pct == 20.0
 
 
@@ -275,9 +292,11 @@ def test_conspicuity_isolated_focus_versus_a_field_of_similar_foci():
     c = conspicuity(labels, 2, z, mask, np.ones(3), peaks=peaks)
     assert c[0] >= 10.0  # nothing around it: background floored at 0.5
     assert c[1] < 2.0  # its neighbours 5 mm away are as bright
-    rule = apply_rules(_table(conspicuity=1.9), DetectionParams()).tolist()
-    assert rule == ["inconspicuous"]
-    assert apply_rules(_table(conspicuity=2.0), DetectionParams()).tolist() == [""]
+    flair = load_params("flair")
+    assert apply_rules(_table(conspicuity=1.9), flair).tolist() == ["inconspicuous"]
+    assert apply_rules(_table(conspicuity=2.0), flair).tolist() == [""]
+    # in the flair preset the shape of the peak does not change the threshold
+    assert apply_rules(_table(conspicuity=2.0, blob_ratio=0.4), flair).tolist() == [""]
 
 
 def test_flair_exemption_from_location_rules_only():
