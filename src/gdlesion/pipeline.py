@@ -409,9 +409,12 @@ def _detect(
         med, sd = robust_sigma(prep.flair_c[mask_c])
         flair_z = ((prep.flair_c - med) / sd).astype(np.float32)
 
-    def judge(cand: np.ndarray, n: int) -> tuple[pd.DataFrame, np.ndarray, float]:
-        nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
-        nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
+    def judge(
+        cand: np.ndarray, n: int, nawm_level: float | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray, float]:
+        if nawm_level is None:
+            nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
+            nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
         kw = dict(
             affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
             nawm_level=nawm_level, edge_margin_mm=p.edge_margin_mm,
@@ -439,14 +442,18 @@ def _detect(
         return table, reasons, nawm_level
 
     table, reasons, nawm_level = judge(candidates, n_cand)
-    if p.vessel_carve_mm > 0 and (reasons == "vessel").any():
-        # a lesion touching a vein: judge the thick part and the thin part separately
-        vessel_ids = table["lesion_id"].to_numpy()[reasons == "vessel"]
-        candidates, n_cand, changed = carve_thick_cores(
-            candidates, vessel_ids, zooms, radius_mm=p.vessel_carve_mm
+    # a lesion touching a vein: judge the thick part and the thin part separately (a
+    # vessel no thicker than the opening ball has no thick part and is left as it is)
+    carve = (reasons == "vessel") & (table["thickness_mm"].to_numpy() > 2 * p.vessel_carve_mm)
+    if p.vessel_carve_mm > 0 and carve.any():
+        carved, n_carved, changed = carve_thick_cores(
+            candidates, table["lesion_id"].to_numpy()[carve], zooms, radius_mm=p.vessel_carve_mm
         )
         if changed:
-            table, reasons, nawm_level = judge(candidates, n_cand)
+            table, reasons = _rejudge(
+                judge, table, candidates, n_cand, carved, n_carved, nawm_level, p
+            )
+            candidates, n_cand = carved, n_carved
     kept_c, lesions = _select(candidates, table, reasons == "", box)
     rej_c, rejected = _select(candidates, table, reasons != "", box)
     if len(rejected):
@@ -487,6 +494,39 @@ def _detect(
             "flair": prep.flair.name if prep.flair is not None else "",
         },
     )
+
+
+def _rejudge(
+    judge: Callable[..., tuple[pd.DataFrame, np.ndarray, float]],
+    table: pd.DataFrame,
+    before: np.ndarray,
+    n_before: int,
+    after: np.ndarray,
+    n_after: int,
+    nawm_level: float,
+    p: DetectionParams,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Judge again only the candidates that carving changed or created.
+
+    Carving keeps every label ``1..n_before`` (a carved candidate keeps its thin
+    part) and numbers the new pieces after them; a candidate's measures depend
+    on its own voxels only, and the union of candidates (hence the NAWM level)
+    is unchanged, so the rows of untouched candidates stay as they were.
+    """
+    import pandas as pd
+
+    from .rules import apply_rules
+
+    touched = np.unique(before[before != after])
+    redo = np.concatenate([touched[touched > 0], np.arange(n_before + 1, n_after + 1)])
+    lut = np.zeros(n_after + 1, dtype=np.int32)
+    lut[redo] = np.arange(1, redo.size + 1, dtype=np.int32)
+    fresh, _, _ = judge(lut[after], int(redo.size), nawm_level)
+    fresh["lesion_id"] = redo
+    merged = pd.concat(
+        [table[~table["lesion_id"].isin(redo)], fresh], ignore_index=True
+    ).sort_values("lesion_id", ignore_index=True)
+    return merged, apply_rules(merged, p)
 
 
 def _crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:

@@ -192,12 +192,19 @@ def hysteresis_components(
 
 
 def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber the non-zero labels of ``labels`` to ``1..N`` keeping their order; int32."""
-    values = np.unique(labels)
-    values = values[values > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lut[values] = np.arange(1, values.size + 1, dtype=np.int32)
-    return lut[labels], int(values.size)
+    """Renumber the non-zero labels of ``labels`` to ``1..N`` keeping their order; int32.
+
+    ``labels`` holds non-negative integers; the labels present are counted with
+    ``np.bincount`` (one pass, no sort of the whole array).
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return labels.astype(np.int32), 0
+    present = np.bincount(labels.ravel()) > 0
+    present[0] = False
+    lut = np.cumsum(present, dtype=np.int32)
+    lut[~present] = 0
+    return lut[labels], int(present.sum())
 
 
 def split_touching(
