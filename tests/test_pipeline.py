@@ -242,3 +242,33 @@ def test_pipeline_chosen_automatically_and_recorded(planted):
     named = run_study(pre, post, params="auto", overrides={"min_volume_mm3": 200.0})
     assert named.pipeline == "default" and named.params.min_volume_mm3 == 200.0
     assert named.lesion_count < result.lesion_count  # radius 3-3.5 mm lesions: < 200 mm3
+
+
+
+def test_rejudging_only_carved_candidates_equals_rejudging_all(lesjak_dir, monkeypatch):
+    """After vein carving only the changed and new candidates are measured again; on a real
+    pair (where veins are carved) that gives exactly what measuring every candidate gives."""
+    import gdlesion.pipeline as pipeline_module
+
+    folder = lesjak_dir / "patient07"
+    calls = []
+    original = pipeline_module._rejudge
+
+    def counted(*args, **kwargs):
+        calls.append(args[5] - args[3])  # new pieces
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "_rejudge", counted)
+    fast = run_study(folder / "T1.nii.gz", folder / "T1POST.nii.gz")
+    assert calls and calls[0] > 0  # carving happened
+
+    def rejudge_all(judge, table, before, n_before, after, n_after, nawm_level, p):
+        full, reasons, _ = judge(after, n_after, nawm_level)
+        return full, reasons
+
+    monkeypatch.setattr(pipeline_module, "_rejudge", rejudge_all)
+    slow = run_study(folder / "T1.nii.gz", folder / "T1POST.nii.gz")
+    assert np.array_equal(fast.labels, slow.labels)
+    assert np.array_equal(fast.rejected_labels, slow.rejected_labels)
+    pd.testing.assert_frame_equal(fast.lesions, slow.lesions)
+    pd.testing.assert_frame_equal(fast.rejected, slow.rejected)
