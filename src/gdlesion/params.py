@@ -153,11 +153,12 @@ class DetectionParams:
         again, so that a lesion touching an enhancing vein is not discarded
         with it. 2 mm keeps lesions of 4-5 mm and more and removes veins up to
         4 mm calibre (the default and ``flair``; 0 disables it, as in
-        ``clinical-2d``). Measured alone, before the other default rules were
-        tightened: without FLAIR the thick
-        pieces of real veins then pass as nodules (Lesjak pairs: one more
-        inserted lesion found, 0.7 more false positives per scan); the
-        ``flair`` preset uses 2 mm.
+        ``clinical-2d``). Only vessels thicker than the ball are examined.
+        Measured alone with the old default rules (one noise level,
+        conspicuity 2), the thick pieces of real veins passed as nodules
+        (Lesjak pairs: one more inserted lesion found, 0.7 more false
+        positives per scan); with the current default rules it finds 2 more
+        of 38 lesions for no more false positives (``benchmarks/README.md``).
     min_conspicuity : float
         A candidate whose peak is less than this many times the 95th
         percentile of the enhancement within 2-12 mm around it is texture, not
