@@ -326,3 +326,20 @@ def test_fill_holes_matches_scipy_in_3d_and_slice_by_slice(rng):
             st[tuple(plane)] = ndi.generate_binary_structure(2, 1)
             expected = ndi.binary_fill_holes(m, structure=st)
             assert np.array_equal(fill_holes(m, in_plane_of=axis), expected)
+
+
+def test_relabel_sequential_keeps_order_and_matches_a_unique_based_renumbering(rng):
+    from gdlesion.segment import relabel_sequential
+
+    for dtype in (np.int32, np.int64, np.uint16):
+        labels = rng.integers(0, 40, size=(9, 7, 5)).astype(dtype)
+        labels[rng.random(labels.shape) < 0.6] = 0
+        present = np.unique(labels)
+        present = present[present > 0]
+        expected = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+        expected[present] = np.arange(1, present.size + 1)
+        out, n = relabel_sequential(labels)
+        assert n == present.size and out.dtype == np.int32
+        assert np.array_equal(out, expected[labels])
+    empty, n_empty = relabel_sequential(np.zeros((3, 3, 3), dtype=np.int32))
+    assert n_empty == 0 and not empty.any()
