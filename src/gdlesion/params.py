@@ -269,7 +269,9 @@ class DetectionParams:
             raise InputError(
                 f"low_threshold={self.low_threshold} exceeds high_threshold={self.high_threshold}"
             )
-        for name in ("blob_seed_ratio", "vessel_max_blob_ratio", "vessel_blob_exempt", "elongated_blob_ratio"):
+        ratios = ("blob_seed_ratio", "vessel_max_blob_ratio", "vessel_blob_exempt",
+                  "elongated_blob_ratio")
+        for name in ratios:
             if getattr(self, name) > 1:
                 raise InputError(f"{name}={getattr(self, name)} must be <= 1 (a ball is 1)")
         if not self.split_saddle_ratio < 1:
