@@ -162,6 +162,23 @@ def test_rules_inclusive_thresholds(values, reason):
     assert apply_rules(_table(**values), DetectionParams()).tolist() == [reason]
 
 
+def test_ring_pattern_for_a_thin_shell_with_a_small_hole():
+    from gdlesion.measure import RING_HOLE_FRACTION, _per_lesion_shape
+
+    grid = np.indices((21, 21, 21)) - 10.0
+    r = np.sqrt((grid**2).sum(0))
+    shell = ((r <= 5.0) & (r > 2.4)).astype(np.int32)  # hole: 11 % of the filled ball
+    solid = (r <= 5.0).astype(np.int32)
+    solid[10, 10, 10] = 0  # one dark voxel inside a nodule is not a core
+    for labels, expected in ((shell, True), (solid, False)):
+        filled = int((r <= 5.0).sum())
+        hole = filled - int(labels.sum())
+        assert (hole >= RING_HOLE_FRACTION * filled) == expected
+        ring, thickness = _per_lesion_shape(labels, 1, np.ones(3))
+        assert bool(ring[0]) is expected
+        assert thickness[0] > 0
+
+
 def test_rules_first_failing_rule_wins():
     table = _table(volume_mm3=1.0, edge_fraction=1.0)
     assert apply_rules(table, DetectionParams()).tolist() == ["too_small"]
