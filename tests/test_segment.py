@@ -156,10 +156,25 @@ def _table(**values):
         ({"conspicuity": 3.0, "blob_ratio": 0.6}, ""),
         ({"conspicuity": 3.0, "blob_ratio": 0.5, "pattern": "ring"}, ""),
         ({"conspicuity": 3.0, "blob_ratio": np.nan}, ""),
+        # a round (blob ratio >= 0.7), strong (z >= 8) peak needs a conspicuity of only 2
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.7}, ""),
+        ({"conspicuity": 1.99, "max_z": 8.0, "blob_ratio": 0.7}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 7.99, "blob_ratio": 0.7}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.69}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": np.nan}, "inconspicuous"),
     ],
 )
 def test_rules_inclusive_thresholds(values, reason):
     assert apply_rules(_table(**values), DetectionParams()).tolist() == [reason]
+
+
+def test_round_conspicuity_part_off_in_clinical_2d_and_never_stricter():
+    strong_round = _table(conspicuity=2.5, max_z=20.0, blob_ratio=0.9)
+    assert apply_rules(strong_round, load_params("clinical-2d")).tolist() == ["inconspicuous"]
+    assert apply_rules(strong_round, DetectionParams()).tolist() == [""]
+    # it only relaxes: a preset whose own minimum is lower keeps it
+    lenient = DetectionParams(min_conspicuity=1.5)
+    assert apply_rules(_table(conspicuity=1.6, max_z=20.0), lenient).tolist() == [""]
 
 
 def test_ring_pattern_for_a_thin_shell_with_a_small_hole():

@@ -174,6 +174,14 @@ class DetectionParams:
         conspicuity of at least ``min_conspicuity_elongated`` (4.5 by default)
         instead of ``min_conspicuity`` (:func:`gdlesion.rules.inconspicuous`).
         0 disables it (``flair`` and ``clinical-2d`` presets).
+    min_conspicuity_round, round_blob_ratio, round_min_z : float
+        A non-ring candidate whose peak is a round ball (``blob_ratio >=
+        round_blob_ratio``, 0.7) and strongly significant (``max_z >=
+        round_min_z``, 8 noise units) needs a conspicuity of only
+        ``min_conspicuity_round`` (2, the ``flair`` preset's value): a round
+        nodule beside a vein stands out less from its surroundings than
+        from the brain, and what the stricter conspicuity removes (texture,
+        vessel cross-sections) is not round. 0 disables it (``clinical-2d``).
     edge_margin_mm : float
         Depth below the brain surface counted as "at the edge" (dura, dural
         sinuses, cortical veins in sulci).
@@ -240,6 +248,9 @@ class DetectionParams:
     min_conspicuity: float = 3.0
     min_conspicuity_elongated: float = 4.5
     elongated_blob_ratio: float = 0.6
+    min_conspicuity_round: float = 2.0
+    round_blob_ratio: float = 0.7
+    round_min_z: float = 8.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
     ventricle_margin_mm: float = 2.0
@@ -270,7 +281,7 @@ class DetectionParams:
                 f"low_threshold={self.low_threshold} exceeds high_threshold={self.high_threshold}"
             )
         ratios = ("blob_seed_ratio", "vessel_max_blob_ratio", "vessel_blob_exempt",
-                  "elongated_blob_ratio")
+                  "elongated_blob_ratio", "round_blob_ratio")
         for name in ratios:
             if getattr(self, name) > 1:
                 raise InputError(f"{name}={getattr(self, name)} must be <= 1 (a ball is 1)")
