@@ -137,9 +137,9 @@ def inconspicuous(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     5 mm nodule, conspicuity 2.2, and a 4 mm one, 2.4) were lost to the
     stricter value. Measured on four benchmark sets: those lesions found (one
     more of 24 in each Lesjak set) and no false detection added; a blob ratio
-    of 0.6 instead adds real-scan foci (an unmodified Lesjak pair's 38 mm3
-    focus peaking at z 21, blob ratio 0.61), and the round foci that a lower
-    z would admit peak at z 5.3.
+    of 0.6 instead adds real-scan vessels (on an unmodified Lesjak pair a
+    38 mm3 vessel on the cerebellar surface, z 21, blob ratio 0.61), and
+    the round foci that a lower z would admit peak at z 5.3.
 
     NaN conspicuity (no brain shell) skips the rule; a NaN blob ratio keeps
     ``min_conspicuity``.
