@@ -286,12 +286,7 @@ def split_touching(
             region = out[box]
             region[fg] = np.where(pieces[fg] == 1, comp, pieces[fg] + next_label - 2)
             next_label += n_markers - 1
-    # relabel_sequential's renumbering, counted with bincount instead of a whole-crop np.unique
-    used = np.flatnonzero(np.bincount(out.ravel()))
-    used = used[used > 0]
-    lut = np.zeros(int(out.max()) + 1, dtype=np.int32)
-    lut[used] = np.arange(1, used.size + 1, dtype=np.int32)
-    return lut[out], int(used.size)
+    return relabel_sequential(out)
 
 
 def refine_boundaries(
