@@ -125,6 +125,7 @@ def estimate_brain_mask(
     full_head_core_mm: float = 11.0,
     full_head_floor: float = 0.35,
     max_hole_ml: float = 5.0,
+    min_enclosed: float = 0.5,
 ) -> np.ndarray:
     """Classical brain mask of a T1 scan, skull-stripped or full-head.
 
@@ -190,6 +191,14 @@ def estimate_brain_mask(
         volume (enhancing lesions, vessels) count as tissue before the opening;
         otherwise the wider opening cuts the cortex between a bright lesion and
         the brain's surface, and the lesion ends up outside the mask.
+    min_enclosed : float, optional
+        Full-head input: a region brighter than the ceiling, of at most
+        ``max_hole_ml``, joins the mask when at least this fraction of the voxels
+        bordering it are brain (:func:`_bright_inclusions`). A strongly enhancing
+        lesion is brighter than the ceiling; beside a sulcus it is not enclosed
+        by tissue, and without this step it was cut out of the mask. On
+        simulated 1 mm heads such lesions border brain on 78-93 % of their
+        surface, the scalp and marrow fat on 33-63 % (and are 9-14 ml).
 
     Returns
     -------
@@ -207,6 +216,7 @@ def estimate_brain_mask(
     near_zero = np.abs(data) <= 1e-3 * float(np.abs(data).max())
     veto = None
     coarse = False
+    bright = None
     if np.count_nonzero(near_zero) >= 0.3 * data.size:
         # skull-stripped or masked input: everything above the zero background is tissue
         tissue = ~near_zero
@@ -230,6 +240,7 @@ def estimate_brain_mask(
         if np.count_nonzero(central) > 100:
             ceiling = ceiling_factor * float(np.percentile(smooth[central], 99))
         tissue = head & (smooth <= ceiling)
+        bright = head & ~tissue
         opening_mm = max(opening_mm, full_head_opening_mm)
         full_head = True
         coarse = float(zooms.max()) > coarse_voxel_mm
@@ -292,6 +303,11 @@ def estimate_brain_mask(
         small &= veto
     index = np.ix_(*(np.arange(n) // fi for n, fi in zip(data.shape, f, strict=True)))
     brain = small[index] & tissue
+    if bright is not None:
+        brain |= _bright_inclusions(
+            brain, bright, zooms, max_ml=max_hole_ml, min_enclosed=min_enclosed
+        )
+        del bright
     del tissue, small
     # the last steps run in the mask's bounding box grown by one background voxel: every
     # voxel outside it is background connected to the grid's border, so the components and
@@ -310,6 +326,48 @@ def estimate_brain_mask(
             f"(largest tissue region {volume_ml:.1f} ml < {min_volume_ml:g} ml)"
         )
     return brain
+
+
+def _bright_inclusions(
+    brain: np.ndarray,
+    bright: np.ndarray,
+    zooms: np.ndarray,
+    *,
+    max_ml: float,
+    min_enclosed: float,
+) -> np.ndarray:
+    """Regions of ``bright`` of at most ``max_ml`` bordered mostly by ``brain``.
+
+    The border of a region is the set of voxels outside it that touch it
+    (26-connectivity); the region is returned when at least ``min_enclosed`` of
+    them are in ``brain``. Only regions within the brain's bounding box count
+    (one reaching beyond it is not enclosed by the brain).
+    """
+    out = np.zeros(brain.shape, dtype=bool)
+    if not brain.any():
+        return out
+    box = bounding_box(brain, margin=1)
+    lab, n = ndi.label(bright[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return out
+    sizes = np.bincount(lab.ravel(), minlength=n + 1) * float(np.prod(zooms)) / 1000.0
+    small = sizes <= max_ml
+    small[0] = False
+    for axis in range(3):  # regions cut by the box reach beyond the brain
+        for face in (0, -1):
+            small[np.take(lab, face, axis=axis)] = False
+    if not small.any():
+        return out
+    lab = np.where(small[lab], lab, 0)
+    sub = bounding_box(lab > 0, margin=1)  # only around the small regions
+    lab = lab[sub]
+    near = ndi.maximum_filter(lab, size=3)
+    border = (lab == 0) & (near > 0)
+    total = np.bincount(near[border], minlength=n + 1)
+    inside = np.bincount(near[border & brain[box][sub]], minlength=n + 1)
+    keep = small & (inside >= min_enclosed * np.maximum(total, 1))
+    out[box][sub] = keep[lab]
+    return out
 
 
 def conditional_median_mapping(
