@@ -140,7 +140,18 @@ def _table(**values):
         ({"blob_ratio": 0.31}, ""),
         ({"blob_ratio": 0.3, "pattern": "ring"}, ""),
         ({"blob_ratio": np.nan}, ""),
-        ({"edge_fraction": 0.5}, "brain_edge"),
+        ({"edge_fraction": 0.5, "blob_ratio": 0.5}, "brain_edge"),
+        ({"edge_fraction": 0.49, "blob_ratio": 0.5}, ""),
+        # a round (blob ratio >= 0.6), conspicuous (>= 4.5) nodule or ring at the edge
+        # is a juxtacortical lesion
+        ({"edge_fraction": 0.9}, ""),
+        ({"edge_fraction": 0.9, "blob_ratio": 0.6, "conspicuity": 4.5}, ""),
+        ({"edge_fraction": 0.9, "blob_ratio": 0.59}, "brain_edge"),
+        ({"edge_fraction": 0.9, "conspicuity": 4.49}, "brain_edge"),
+        ({"edge_fraction": 0.9, "compactness": 5.99}, ""),
+        ({"edge_fraction": 0.9, "compactness": 6.0}, "brain_edge"),
+        ({"edge_fraction": 0.9, "compactness": 30.0, "pattern": "ring"}, ""),
+        ({"edge_fraction": 0.9, "blob_ratio": np.nan}, "brain_edge"),
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),
         ({"csf_distance_mm": 1.1}, ""),
@@ -175,6 +186,13 @@ def test_round_conspicuity_part_off_in_clinical_2d_and_never_stricter():
     # it only relaxes: a preset whose own minimum is lower keeps it
     lenient = DetectionParams(min_conspicuity=1.5)
     assert apply_rules(_table(conspicuity=1.6, max_z=20.0), lenient).tolist() == [""]
+
+
+def test_round_edge_exemption_off_in_clinical_2d():
+    round_at_edge = _table(edge_fraction=0.9, conspicuity=10.0, blob_ratio=0.9)
+    assert apply_rules(round_at_edge, load_params("clinical-2d")).tolist() == ["brain_edge"]
+    assert apply_rules(round_at_edge, DetectionParams()).tolist() == [""]
+    assert apply_rules(round_at_edge, load_params("flair")).tolist() == [""]
 
 
 def test_ring_pattern_for_a_thin_shell_with_a_small_hole():
@@ -333,10 +351,12 @@ def test_conspicuity_isolated_focus_versus_a_field_of_similar_foci():
 
 def test_flair_exemption_from_location_rules_only():
     p = DetectionParams(flair_exempt_z=2.0)
-    at_edge = dict(edge_fraction=0.9, flair_z=2.0)
+    at_edge = dict(edge_fraction=0.9, flair_z=2.0, blob_ratio=0.5)
     assert apply_rules(_table(**at_edge), DetectionParams()).tolist() == ["brain_edge"]
     assert apply_rules(_table(**at_edge), p).tolist() == [""]
-    assert apply_rules(_table(edge_fraction=0.9, flair_z=1.9), p).tolist() == ["brain_edge"]
+    assert apply_rules(_table(edge_fraction=0.9, flair_z=1.9, blob_ratio=0.5), p).tolist() == [
+        "brain_edge"
+    ]
     # shape rules still apply to FLAIR-bright candidates
     assert apply_rules(_table(blob_ratio=0.1, flair_z=5.0), p).tolist() == ["vessel"]
     assert load_params("flair").flair_exempt_z == 2.0 and load_params().flair_exempt_z == 0.0

@@ -188,6 +188,13 @@ class DetectionParams:
     edge_fraction : float
         Candidates with at least this fraction of voxels within
         ``edge_margin_mm`` of the surface are rejected as dura/vessels.
+    edge_round_blob_ratio, edge_round_conspicuity : float
+        A juxtacortical lesion can lie mostly within ``edge_margin_mm`` of the
+        surface. Exempt from the brain-edge rule is a candidate whose peak is
+        round (``blob_ratio >= edge_round_blob_ratio``, 0.6), that stands out
+        (``conspicuity >= edge_round_conspicuity``, 4.5) and that is a nodule
+        (``compactness < vessel_min_compactness``) or a ring
+        (:func:`gdlesion.rules.brain_edge`). 0 disables it (``clinical-2d``).
     ventricle_margin_mm : float
         Distance from the ventricles counted as "beside" them.
     ventricle_fraction : float
@@ -253,6 +260,8 @@ class DetectionParams:
     round_min_z: float = 8.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
+    edge_round_blob_ratio: float = 0.6
+    edge_round_conspicuity: float = 4.5
     ventricle_margin_mm: float = 2.0
     ventricle_fraction: float = 0.5
     max_csf_distance_mm: float = 1.0
@@ -281,7 +290,7 @@ class DetectionParams:
                 f"low_threshold={self.low_threshold} exceeds high_threshold={self.high_threshold}"
             )
         ratios = ("blob_seed_ratio", "vessel_max_blob_ratio", "vessel_blob_exempt",
-                  "elongated_blob_ratio", "round_blob_ratio")
+                  "elongated_blob_ratio", "round_blob_ratio", "edge_round_blob_ratio")
         for name in ratios:
             if getattr(self, name) > 1:
                 raise InputError(f"{name}={getattr(self, name)} must be <= 1 (a ball is 1)")

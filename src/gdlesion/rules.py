@@ -170,8 +170,35 @@ def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     Juxtacortical MS lesions touch the cortex but extend into white matter, so
     fewer than half of their voxels lie within ``edge_margin_mm`` (3 mm, the
     thickness of cortex) of the surface.
+
+    Where the mask follows the sulci a juxtacortical lesion can still lie
+    mostly within that band. Exempt is a candidate that is a round,
+    conspicuous nodule: peak ``blob_ratio >= edge_round_blob_ratio`` (0.6),
+    ``conspicuity >= edge_round_conspicuity`` (4.5) and ``compactness <
+    vessel_min_compactness`` (not a vascular tree), or a ring (a shell, not
+    compact by nature). Dura is a sheet and sinuses and veins are tubes or
+    trees, which these exclude. Measured on nine simulated 1 mm heads (the
+    simulator puts lesions in white matter up to the cortex) without FLAIR:
+    lesions of 3 mm or more found 38 -> 42 of 43; on the Lesjak pairs,
+    planted or unmodified, on TCGA and on thick-slice heads nothing changes. The edge structure closest to
+    passing is a 2,758 mm3 vascular complex on lesjak-19 with a peak blob ratio
+    of 0.65 and conspicuity 22, but compactness 59. With blob ratios of
+    0.5-0.7 and conspicuity 3-6 the result is the same; without the
+    compactness test that complex is detected. Off in ``clinical-2d``: there
+    the blob ratio is in-plane, and a vein crossing the slices is a round dot.
     """
-    return (t["edge_fraction"] >= p.edge_fraction).to_numpy()
+    hit = (t["edge_fraction"] >= p.edge_fraction).to_numpy()
+    if p.edge_round_blob_ratio > 0:
+        blob = t["blob_ratio"].to_numpy(dtype=np.float64)
+        nodule = (t["compactness"] < p.vessel_min_compactness) | (t["pattern"] == "ring")
+        exempt = (
+            np.isfinite(blob)
+            & (np.nan_to_num(blob, nan=0.0) >= p.edge_round_blob_ratio - 1e-9)
+            & (t["conspicuity"].to_numpy(dtype=np.float64) >= p.edge_round_conspicuity - 1e-9)
+            & nodule.to_numpy()
+        )
+        hit = hit & ~exempt
+    return hit
 
 
 def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
