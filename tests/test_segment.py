@@ -140,6 +140,12 @@ def _table(**values):
         ({"blob_ratio": 0.31}, ""),
         ({"blob_ratio": 0.3, "pattern": "ring"}, ""),
         ({"blob_ratio": np.nan}, ""),
+        # blood-level enhancement (>= 150 %) with a peak neither round nor a ring
+        ({"max_enhancement_pct": 150.0, "blob_ratio": 0.59}, "vessel"),
+        ({"max_enhancement_pct": 149.9, "blob_ratio": 0.59}, ""),
+        ({"max_enhancement_pct": 300.0, "blob_ratio": 0.6}, ""),
+        ({"max_enhancement_pct": 300.0, "blob_ratio": 0.5, "pattern": "ring"}, ""),
+        ({"max_enhancement_pct": 300.0, "blob_ratio": np.nan}, ""),
         ({"edge_fraction": 0.5, "blob_ratio": 0.5}, "brain_edge"),
         ({"edge_fraction": 0.49, "blob_ratio": 0.5}, ""),
         # a round (blob ratio >= 0.6), conspicuous (>= 4.5) nodule or ring at the edge
@@ -186,6 +192,13 @@ def test_round_conspicuity_part_off_in_clinical_2d_and_never_stricter():
     # it only relaxes: a preset whose own minimum is lower keeps it
     lenient = DetectionParams(min_conspicuity=1.5)
     assert apply_rules(_table(conspicuity=1.6, max_z=20.0), lenient).tolist() == [""]
+
+
+def test_blood_bright_vessel_part_can_be_disabled():
+    bright_ovoid = _table(max_enhancement_pct=200.0, blob_ratio=0.45)
+    assert apply_rules(bright_ovoid, DetectionParams()).tolist() == ["vessel"]
+    off = DetectionParams(vessel_min_enhancement_pct=0.0)
+    assert apply_rules(bright_ovoid, off).tolist() == [""]
 
 
 def test_round_edge_exemption_off_in_clinical_2d():

@@ -146,6 +146,14 @@ class DetectionParams:
         round nodule (0.6: axis ratio below about 1.5:1), with a vein or an
         open ring rim attached, not a vein (whose peak is a tube, near 0).
         0 disables the exemption.
+    vessel_min_enhancement_pct : float
+        A non-ring candidate whose peak is not round (``blob_ratio <
+        vessel_blob_exempt``) and enhances by at least this much (percent of
+        normal-appearing white matter, inclusive) is a vessel: blood-pool
+        enhancement, far above what an MS lesion's leaky barrier gives
+        (:func:`gdlesion.rules.vessel`, part (d)). 150 by default; 0
+        disables it (e.g. for triple-dose or late post-contrast scans, where
+        lesions enhance more).
     vessel_carve_mm : float
         A candidate rejected as a vessel is opened by a ball of this radius
         (:func:`gdlesion.blob.carve_thick_cores`): its parts at least twice as
@@ -251,6 +259,7 @@ class DetectionParams:
     vessel_min_compactness: float = 6.0
     vessel_max_blob_ratio: float = 0.3
     vessel_blob_exempt: float = 0.6
+    vessel_min_enhancement_pct: float = 150.0
     vessel_carve_mm: float = 2.0
     min_conspicuity: float = 3.0
     min_conspicuity_elongated: float = 4.5
