@@ -272,3 +272,24 @@ def test_rejudging_only_carved_candidates_equals_rejudging_all(lesjak_dir, monke
     assert np.array_equal(fast.rejected_labels, slow.rejected_labels)
     pd.testing.assert_frame_equal(fast.lesions, slow.lesions)
     pd.testing.assert_frame_equal(fast.rejected, slow.rejected)
+
+
+def test_juxtacortical_lesion_on_a_full_head_is_found():
+    """Simulated 1 mm full head (the benchmark's sim-1mm-2): lesion 6, a 12.7 mm ring beside a sulcus.
+
+    Before: more than half of it fell outside the brain mask (brighter than the tissue
+    ceiling, open to the sulcus) and the brain-edge rule took the rest.
+    """
+    from gdlesion.simulate import simulate_study
+
+    study = simulate_study(resolution="1mm", n_lesions=6, seed=1002, with_flair=False)
+    spec = next(le for le in study.lesions if le.lesion_id == 6)
+    assert spec.kind == "ring" and spec.diameter_mm > 12
+    truth = study.labels == 6
+    result = run_study(study.pre, study.post)
+    assert result.pipeline == "default"
+    hit = result.labels[truth]
+    assert np.count_nonzero(hit) >= 0.5 * truth.sum()
+    # it is at the brain's edge: most of the detected lesion lies within 3 mm of the surface
+    row = result.lesions.set_index("lesion_id").loc[int(np.bincount(hit[hit > 0]).argmax())]
+    assert row["edge_fraction"] >= 0.5 and row["pattern"] == "ring"
