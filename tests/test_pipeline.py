@@ -275,7 +275,7 @@ def test_rejudging_only_carved_candidates_equals_rejudging_all(lesjak_dir, monke
 
 
 def test_juxtacortical_lesion_on_a_full_head_is_found():
-    """Simulated 1 mm full head (the benchmark's sim-1mm-2): lesion 6, a 12.7 mm ring beside a sulcus.
+    """Simulated 1 mm full head (benchmark case sim-1mm-2): lesion 6, a 12.7 mm ring by a sulcus.
 
     Before: more than half of it fell outside the brain mask (brighter than the tissue
     ceiling, open to the sulcus) and the brain-edge rule took the rest.
