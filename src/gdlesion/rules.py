@@ -217,7 +217,7 @@ def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
         nodule = (t["compactness"] < p.vessel_min_compactness) | (t["pattern"] == "ring")
         exempt = (
             np.isfinite(blob)
-            & (np.nan_to_num(blob, nan=0.0) >= p.edge_round_blob_ratio - 1e-9)
+            & (blob >= p.edge_round_blob_ratio - 1e-9)
             & (t["conspicuity"].to_numpy(dtype=np.float64) >= p.edge_round_conspicuity - 1e-9)
             & nodule.to_numpy()
         )
