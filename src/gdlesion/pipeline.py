@@ -396,9 +396,7 @@ def _detect(
             anatomy_maps, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
             csf_threshold=csf_gm,
         )
-        z, resid_s, sigma = enhancement_map(
-            post_c, pre_mapped, mask_c, zooms, params=p, threads=threads
-        )
+        z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
         residual = post_c - pre_mapped
         candidates, n_cand = find_candidates(
             z, resid_s, residual, mask_c, zooms, params=p

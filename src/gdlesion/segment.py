@@ -93,8 +93,7 @@ def enhancement_map(
     zooms: np.ndarray,
     *,
     params: DetectionParams,
-    threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, float]:
     """Enhancement in robust noise units, with an allowance for misregistration at edges.
 
     The residual ``post - pre_mapped`` (pre already mapped to post intensities)
@@ -107,10 +106,6 @@ def enhancement_map(
     the map is then divided by its own robust spread per tissue intensity
     (:func:`conditional_spread` over the smoothed ``pre_mapped``), so that ``z``
     is in units of the noise of the voxel's own tissue class.
-
-    With ``threads`` > 1 the Gaussian filters of ``pre_mapped`` (gradient and
-    guide) run in a second thread while the residual is smoothed; the maps are
-    bit-identical to ``threads=1``.
 
     Returns
     -------
@@ -130,9 +125,10 @@ def enhancement_map(
         d /= np.float32(zooms[axis])
         return d
 
-    # the filters of pre_mapped depend neither on each other nor on the residual:
-    # with threads they run in a second thread (scipy.ndimage releases the GIL)
-    with ThreadPoolExecutor(max_workers=max(1, min(int(threads), 2))) as pool:
+    # the filters of pre_mapped do not depend on each other nor on the residual:
+    # they run in a second thread (scipy.ndimage releases the GIL); same results
+    workers = 2 if (os.cpu_count() or 1) > 1 else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = [pool.submit(derivative, axis) for axis in range(3)]
         guide_job = (
             pool.submit(
