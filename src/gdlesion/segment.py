@@ -115,51 +115,35 @@ def enhancement_map(
         the noise level in post-scan intensity units.
     """
     sig_vox = params.smoothing_mm / zooms
-
-    def derivative(axis: int) -> np.ndarray:
+    resid = post - pre_mapped
+    resid = ndi.gaussian_filter(resid, sigma=sig_vox, output=np.float32)
+    med, sigma = robust_sigma(resid[mask])
+    resid -= med
+    grad2 = np.zeros_like(resid)
+    for axis in range(3):
         order = [0, 0, 0]
         order[axis] = 1
         d = ndi.gaussian_filter(
             pre_mapped, sigma=np.maximum(sig_vox, 0.5), order=order, output=np.float32
         )
         d /= np.float32(zooms[axis])
-        return d
-
-    # the filters of pre_mapped do not depend on each other nor on the residual:
-    # they run in a second thread (scipy.ndimage releases the GIL); same results
-    workers = 2 if (os.cpu_count() or 1) > 1 else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(derivative, axis) for axis in range(3)]
-        guide_job = (
-            pool.submit(
-                ndi.gaussian_filter, pre_mapped, sigma=params.noise_guide_mm / zooms,
-                output=np.float32,
-            )
-            if params.noise_guide_mm > 0 else None
+        grad2 += d * d
+    del d
+    grad2 *= np.float32(params.misregistration_mm**2)
+    grad2 += np.float32(sigma**2)
+    np.sqrt(grad2, out=grad2)
+    z = resid / grad2
+    del grad2
+    if params.noise_guide_mm > 0:
+        guide = ndi.gaussian_filter(
+            pre_mapped, sigma=params.noise_guide_mm / zooms, output=np.float32
         )
-        resid = post - pre_mapped
-        resid = ndi.gaussian_filter(resid, sigma=sig_vox, output=np.float32)
-        med, sigma = robust_sigma(resid[mask])
-        resid -= med
-        grad2 = np.zeros_like(resid)
-        for job in jobs:  # summed in axis order, as before
-            d = job.result()
-            grad2 += d * d
-            del d
-        jobs.clear()
-        grad2 *= np.float32(params.misregistration_mm**2)
-        grad2 += np.float32(sigma**2)
-        np.sqrt(grad2, out=grad2)
-        z = resid / grad2
-        del grad2
-        if guide_job is not None:
-            guide = guide_job.result()
-            spread = conditional_spread(z, guide, mask)
-            del guide
-            # a bin never counts as more than 4x quieter than the brain as a whole
-            np.maximum(spread, np.float32(0.25), out=spread)
-            z /= spread
-            del spread
+        spread = conditional_spread(z, guide, mask)
+        del guide
+        # a bin never counts as more than 4x quieter than the brain as a whole
+        np.maximum(spread, np.float32(0.25), out=spread)
+        z /= spread
+        del spread
     z[~mask] = 0.0
     resid[~mask] = 0.0
     return z, resid, sigma
