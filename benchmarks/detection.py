@@ -47,6 +47,7 @@ from scipy import ndimage as ndi
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LESJAK = DATA / "lesjak2018_ms"
 SIZE_BINS = [(0, 3), (3, 5), (5, 10), (10, 100)]
+CONTRAST_BINS = [(0.2, 0.3), (0.3, 0.4), (0.4, 0.6)]  # insert_lesions draws 0.2-0.6
 
 
 # --- lesion insertion into a real pair ------------------------------------------------------
@@ -238,8 +239,10 @@ def _simulate(case: dict) -> None:
 
 def score(labels, truth, enh, specs):
     found = {}
-    for tid, diameter, _, _ in specs:
+    contrast = {}
+    for tid, diameter, _, lesion_contrast in specs:
         found[int(tid)] = (float(diameter), bool((labels[truth == int(tid)] > 0).any()))
+        contrast[int(tid)] = float(lesion_contrast)
     grown = ndi.binary_dilation(truth > 0, iterations=1)
     n_det = int(labels.max())
     hit = np.zeros(n_det + 1, bool)
@@ -250,6 +253,7 @@ def score(labels, truth, enh, specs):
     n_true = sum(1 for d, _ in found.values() if d >= 3)
     return {
         "found": found,
+        "contrast": contrast,
         "fp": fp,
         "dice": dice,
         "count_true_ge3": n_true,
@@ -413,6 +417,15 @@ def report(rows, elastix_s, patient, cli_s=float("nan")):
                     if b[0] <= d < b[1]:
                         by_bin[b][0] += f
                         by_bin[b][1] += 1
+            if "+ins" in r["case"]:  # inserted contrast = added signal / NAWM level
+                by_c = g.setdefault("contrast", {b: [0, 0] for b in CONTRAST_BINS})
+                for tid, (d, f) in r["found"].items():
+                    c = r["contrast"][tid]
+                    for b in CONTRAST_BINS:  # the last bin holds its upper edge
+                        top = b[1] + (1e-9 if b == CONTRAST_BINS[-1] else 0.0)
+                        if d >= 3 and b[0] <= c < top:
+                            by_c[b][0] += f
+                            by_c[b][1] += 1
         if "dice_main" in r:
             dice = f"{r['dice_main']:.2f}"
         print(
@@ -431,6 +444,12 @@ def report(rows, elastix_s, patient, cli_s=float("nan")):
         lo, hi = proportion_confint(h, max(t, 1), alpha=0.05, method="wilson")
         print(f"  >= 3 mm: {h}/{t} = {h / max(t, 1):.3f} (95% Wilson CI {lo:.2f}-{hi:.2f})")
         print(f"  false positives per scan: {np.mean(g['fp']):.2f} over {len(g['fp'])} scans")
+        if "contrast" in g:
+            print("  lesions >= 3 mm inserted into the Lesjak pairs, by enhancement (% of NAWM):")
+            for b, (hit, tot) in g["contrast"].items():
+                if tot:
+                    lo_pct, hi_pct = round(100 * b[0]), round(100 * b[1])
+                    print(f"    {lo_pct}-{hi_pct} %: {hit}/{tot} = {hit / tot:.2f}")
     real = [r for r in rows if r["case"].startswith("lesjak") and "+" not in r["case"]]
     if real:
         mean_real = np.mean([r["detections"] for r in real])
