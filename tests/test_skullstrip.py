@@ -43,6 +43,32 @@ def test_coarse_full_head_mask_does_not_leak(resolution, voxel_size, seed, max_l
     assert miss <= max_miss, f"miss {miss:.3f}"
 
 
+@pytest.mark.parametrize(
+    ("resolution", "voxel_size", "seed", "max_miss"),
+    [
+        ("2d", None, 1, 0.12),  # before: leak 0.53 (the whole head), miss 0.00
+        ("1mm", None, 0, 0.15),  # before: leak 0.47, miss 0.00
+        ("1mm", 4.0, 1, 0.12),  # before: leak 0.59, miss 0.00
+    ],
+)
+def test_head_with_zeroed_air_is_not_read_as_skull_stripped(resolution, voxel_size, seed,
+                                                            max_miss):
+    # more than 30 % of the voxels are zero, as in a skull-stripped scan, but the non-zero
+    # region is a whole head (2.6-3.1 l): the scalp, skull base and neck must be cut off
+    study = simulate_study(resolution=resolution, voxel_size=voxel_size, seed=seed,
+                           n_lesions=0, with_flair=False, zero_background=True)
+    data = study.post.data
+    assert np.count_nonzero(data == 0) >= 0.3 * data.size
+    truth = truth_brain_mask(study)
+    leak, miss = _leak_miss(estimate_brain_mask(data, study.post.affine), truth)
+    assert leak <= 0.08, f"leak {leak:.3f}"
+    assert miss <= max_miss, f"miss {miss:.3f}"
+    # the same head skull-stripped (the simulator's brain, zero elsewhere) keeps its brain
+    stripped = np.where(truth, data, 0).astype(np.float32)
+    leak, miss = _leak_miss(estimate_brain_mask(stripped, study.post.affine), truth)
+    assert leak <= 0.01 and miss <= 0.01, (leak, miss)
+
+
 def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
     """A 14 mm lesion brighter than the tissue ceiling, 10 mm under the brain's surface.
 

@@ -89,6 +89,12 @@ def fill_holes(mask: np.ndarray, *, in_plane_of: int | None = None) -> np.ndarra
 #: full-head scan: an adult brain is at most ~150 x 200 x 140 mm, with margin.
 BRAIN_SEMI_AXES_MM = (80.0, 105.0, 80.0)
 
+#: Largest non-zero region (ml) read as a skull-stripped brain. Adult intracranial volume is
+#: 1.1-1.9 l, and skull-stripped scans hold 1.1-1.6 l (the Lesjak and TCGA pairs); a head
+#: whose air was set to zero is larger: 2.6-3.1 l for simulated heads, 2.9 l for the TCGA
+#: thick-slice head (143 mm of coverage).
+MAX_STRIPPED_ML = 2200.0
+
 
 def _within_ellipsoid(
     shape: tuple[int, ...], centre: tuple, zooms: np.ndarray, affine: np.ndarray, semi: tuple
@@ -147,9 +153,11 @@ def estimate_brain_mask(
         thinner than the narrowest brain structures that must survive the
         erosion (it would remove a gyrus only if it were < 10 mm wide).
     full_head_opening_mm : float, optional
-        Radius used instead when the image is not skull-stripped (less than 30 %
-        of its voxels are zero): the scalp touches the brain through thin dark
-        skull, and 7 mm separates them on 1 mm and 5.5 mm-slice scans alike.
+        Radius used instead when the image is not skull-stripped: less than 30 %
+        of its voxels are zero, or its non-zero region is larger than
+        :data:`MAX_STRIPPED_ML` (a full head whose air was set to zero). The
+        scalp touches the brain through thin dark skull, and 7 mm separates
+        them on 1 mm and 5.5 mm-slice scans alike.
     central_radius_mm : float, optional
         Full-head input: radius of the sphere around the head's centre of mass
         whose intensities define brain; voxels more than 10 % brighter than its
@@ -217,8 +225,13 @@ def estimate_brain_mask(
     veto = None
     coarse = False
     bright = None
-    if np.count_nonzero(near_zero) >= 0.3 * data.size:
+    n_zero = int(np.count_nonzero(near_zero))
+    stripped_ml = (data.size - n_zero) * float(np.prod(zooms)) / 1000.0
+    if n_zero >= 0.3 * data.size and stripped_ml <= MAX_STRIPPED_ML:
         # skull-stripped or masked input: everything above the zero background is tissue
+        # (a larger non-zero region is a head whose air was zeroed: it takes the full-head
+        # path, which separates the scalp; read as brain, its scalp, dura and neck made
+        # candidates of up to 60 ml on simulated heads)
         tissue = ~near_zero
         del near_zero
         full_head = False
