@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -112,6 +113,47 @@ def test_zero_lesions_outputs(lesion_free, tmp_path):
     labels = nib.load(out / "lesion_labels.nii.gz")
     assert labels.shape == post.shape and np.allclose(labels.affine, post.affine)
     assert int(np.asarray(labels.dataobj).max()) == 0
+
+
+def test_qc_sheet_shows_every_lesion(planted, lesion_free, tmp_path):
+    from gdlesion import report_figures as rf
+    from gdlesion.qcfigure import panel_slices, qc_sheet, save_qc_png
+
+    result = planted[3]
+    centres, titles = panel_slices(result)
+    assert len(titles) == result.lesion_count >= 4
+    # each panel's axial slice (RAS-reordered, through the oblique affine) holds its lesion
+    labels = rf.canonical(result.post.affine).view(result.labels)
+    for lid, k in zip(result.lesions["lesion_id"], np.floor(centres[:, 2]).astype(int),
+                      strict=True):
+        assert (labels[:, :, k] == lid).any(), lid
+    sheet = qc_sheet(result)
+    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3
+    assert np.all(sheet == rf.RED, axis=-1).sum() > 20 * result.lesion_count
+    # the same study stored with the i and k voxel axes reversed draws the same sheet
+    n_i, _, n_k = result.post.shape
+    flip = np.array([[-1, 0, 0, n_i - 1], [0, 1, 0, 0], [0, 0, -1, n_k - 1], [0, 0, 0, 1.0]])
+    table = result.lesions.copy()
+    for axis, n in (("i", n_i), ("k", n_k)):
+        lo, hi = table[f"bbox_{axis}_min"].copy(), table[f"bbox_{axis}_max"].copy()
+        table[f"bbox_{axis}_min"], table[f"bbox_{axis}_max"] = n - 1 - hi, n - 1 - lo
+    flipped = dataclasses.replace(
+        result, lesions=table,
+        post=Volume(result.post.data[::-1, :, ::-1], result.post.affine @ flip, "post"),
+        labels=result.labels[::-1, :, ::-1],
+        rejected_labels=result.rejected_labels[::-1, :, ::-1],
+        brain_mask=result.brain_mask[::-1, :, ::-1],
+    )
+    assert np.array_equal(qc_sheet(flipped), sheet)
+    save_qc_png(result, tmp_path / "a.png")
+    save_qc_png(result, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    # no lesion: three default slices, rejected candidates in yellow, nothing red
+    free = lesion_free[2]
+    assert len(panel_slices(free)[1]) == 3
+    sheet = qc_sheet(free)
+    assert not np.all(sheet == rf.RED, axis=-1).any()
+    assert np.all(sheet == rf.YELLOW, axis=-1).any()
 
 
 def test_outputs_layout_and_determinism(planted, tmp_path):

@@ -571,8 +571,9 @@ def _swap_warning(z: np.ndarray, mask: np.ndarray, p: DetectionParams) -> list[s
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of gdlesion and the numeric libraries that decide the results."""
-    import matplotlib
+    """Versions of gdlesion, the numeric libraries that decide the results, and the figures'."""
+    from importlib.metadata import version
+
     import nibabel
     import pandas as pd
     import scipy
@@ -589,7 +590,9 @@ def package_versions() -> dict[str, str]:
         "SimpleITK": SimpleITK.Version_VersionString(),
         "nibabel": nibabel.__version__,
         "pandas": pd.__version__,
-        "matplotlib": matplotlib.__version__,
+        # the figures' libraries, read without importing them
+        "matplotlib": version("matplotlib"),
+        "pillow": version("pillow"),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import io as _io
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -179,6 +180,17 @@ def _red_blue() -> Colormap:
     import matplotlib
 
     return matplotlib.colormaps["RdBu_r"]  # a copy, whose lookup table is built once
+
+
+def preload_colormap() -> threading.Thread:
+    """Import matplotlib's colour maps in a background thread; returns the started thread.
+
+    The CLI calls this while a study is still being measured, so that the
+    report's first :func:`enhancement_rgb` does not wait for the import.
+    """
+    thread = threading.Thread(target=_red_blue, name="gdlesion-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def enhancement_rgb(z: np.ndarray, *, vmax: float = 8.0) -> np.ndarray:
