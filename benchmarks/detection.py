@@ -3,13 +3,15 @@
 Run from the repository root (needs ../shared/data; elastix from the ``benchmark`` extra)::
 
     .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0] [--ovoid]
-        [--cases PREFIX] [--overrides JSON]
+        [--cases PREFIX] [--overrides JSON] [--zero-background]
 
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
 * ``sim-1mm-*`` / ``sim-2d-*``: ``gdlesion.simulate.simulate_study`` (full heads, moved pre scan,
   veins, sinuses, choroid plexus, dura), 1 mm 3-D (default pipeline) and 0.9x0.9x5.5 mm 2-D
   (``--pipeline clinical-2d``).
+  With ``--zero-background`` the heads' air is set to zero, as in ``sample_data/`` (names end
+  in ``z``).
 * ``*+flair``: the same study with its FLAIR (auto preset: ``flair`` on 3-D grids). Simulator
   FLAIR has its own lesion contrast; on ``lesjak-pNN+ins+flair`` each inserted lesion gets a FLAIR
   hyperintensity calibrated on the expert-outlined real FLAIR lesions of the same patients (mean
@@ -230,7 +232,8 @@ def _simulate(case: dict) -> None:
     """Simulate in its own process (the simulator's memory is not the pipeline's)."""
     from gdlesion.simulate import simulate_study
 
-    s = simulate_study(resolution=case["res"], n_lesions=case["n"], seed=case["seed"])
+    s = simulate_study(resolution=case["res"], n_lesions=case["n"], seed=case["seed"],
+                       zero_background=case.get("zero_background", False))
     specs = np.array([(le.lesion_id, le.diameter_mm, 0, le.contrast) for le in s.lesions])
     np.savez(case["npz"], pre=s.pre.data, pre_affine=s.pre.affine, post=s.post.data,
              post_affine=s.post.affine, flair=s.flair.data, flair_affine=s.flair.affine,
@@ -313,6 +316,9 @@ def main() -> None:
     ap.add_argument("--overrides", type=json.loads, default=None, metavar="JSON",
                     help='detection parameters replacing those of every preset, e.g. '
                          '\'{"regrow_radius_mm": 0}\' (measure a change against the same cases)')
+    ap.add_argument("--zero-background", action="store_true",
+                    help="simulated heads with the air set to zero (as sample_data/; case names "
+                         "end in 'z')")
     ap.add_argument("--ovoid", action="store_true",
                     help="plant ovoid lesions (axes 1-2:1, random orientation, same positions, "
                          "volumes and contrasts) instead of balls in the Lesjak pairs")
@@ -323,15 +329,16 @@ def main() -> None:
         for i in range(args.sims):
             cases.append(
                 {
-                    "name": f"sim-{res}-{i}",
+                    "name": f"sim-{res}-{i}" + ("z" if args.zero_background else ""),
                     "kind": "sim",
                     "res": res,
                     "n": 6,
                     "seed": 1000 + args.seed + i,
                     "pipeline": None,  # auto: clinical-2d on the 2-D grid
+                    "zero_background": args.zero_background,
                 }
             )
-            cases.append(dict(cases[-1], name=f"sim-{res}-{i}+flair", kind="sim+flair"))
+            cases.append(dict(cases[-1], name=cases[-1]["name"] + "+flair", kind="sim+flair"))
     for i, p in enumerate(patients):
         cases.append(
             {

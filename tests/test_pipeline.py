@@ -115,6 +115,26 @@ def test_zero_lesions_outputs(lesion_free, tmp_path):
     assert int(np.asarray(labels.dataobj).max()) == 0
 
 
+def test_bundled_sample_study_without_flair():
+    # sample_data/ heads have their air set to zero: the brain mask must still be a brain
+    # (it was the whole head, and scalp, dura and neck came out as lesions of up to 60 ml)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    anat = root / "sub-01" / "ses-01" / "anat"
+    truth_dir = root / "derivatives" / "truth" / "sub-01" / "ses-01" / "anat"
+    if not anat.is_dir():
+        pytest.skip("sample_data/ is absent")
+    result = run_study(anat / "sub-01_ses-01_T1w.nii.gz",
+                       anat / "sub-01_ses-01_ce-gadolinium_T1w.nii.gz")
+    truth = np.asarray(nib.load(
+        truth_dir / "sub-01_ses-01_space-individual_label-lesion_dseg.nii.gz").dataobj)
+    assert result.stats["brain_volume_ml"] < 2000.0
+    assert result.lesion_count >= 3
+    for lid in result.lesions["lesion_id"]:
+        assert (truth[result.labels == lid] > 0).any(), f"lesion {lid} is not a planted one"
+
+
 def test_qc_sheet_shows_every_lesion(planted, lesion_free, tmp_path):
     from gdlesion import report_figures as rf
     from gdlesion.qcfigure import panel_slices, qc_sheet, save_qc_png
