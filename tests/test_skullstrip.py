@@ -63,9 +63,14 @@ def test_head_with_zeroed_air_is_not_read_as_skull_stripped(resolution, voxel_si
     leak, miss = _leak_miss(estimate_brain_mask(data, study.post.affine), truth)
     assert leak <= 0.08, f"leak {leak:.3f}"
     assert miss <= max_miss, f"miss {miss:.3f}"
-    # the same head skull-stripped (the simulator's brain, zero elsewhere) keeps its brain
+    # the same head skull-stripped (the simulator's brain, zero elsewhere) keeps its mask
     stripped = np.where(truth, data, 0).astype(np.float32)
     leak, miss = _leak_miss(estimate_brain_mask(stripped, study.post.affine), truth)
+    assert leak <= 0.01 and miss <= 0.01, (leak, miss)
+    # and so does its z-scored copy, whose background is a negative constant
+    brain = data[truth]
+    zscored = np.where(truth, (data - brain.mean()) / brain.std(), -3.0).astype(np.float32)
+    leak, miss = _leak_miss(estimate_brain_mask(zscored, study.post.affine), truth)
     assert leak <= 0.01 and miss <= 0.01, (leak, miss)
 
 

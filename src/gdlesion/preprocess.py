@@ -154,8 +154,10 @@ def estimate_brain_mask(
         erosion (it would remove a gyrus only if it were < 10 mm wide).
     full_head_opening_mm : float, optional
         Radius used instead when the image is not skull-stripped: less than 30 %
-        of its voxels are zero, or its non-zero region is larger than
-        :data:`MAX_STRIPPED_ML` (a full head whose air was set to zero). The
+        of its voxels are background (zero, or the constant value of the grid's
+        eight corners, as in a z-scored skull-stripped image), or the rest is
+        larger than :data:`MAX_STRIPPED_ML` (a full head whose air was set to
+        zero). The
         scalp touches the brain through thin dark skull, and 7 mm separates
         them on 1 mm and 5.5 mm-slice scans alike.
     central_radius_mm : float, optional
@@ -221,14 +223,20 @@ def estimate_brain_mask(
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     f = tuple(max(1, int(2.0 // z)) for z in zooms)  # the opening runs on ~2 mm voxels
     small_zooms = zooms * np.asarray(f)
-    near_zero = np.abs(data) <= 1e-3 * float(np.abs(data).max())
+    # the background of a skull-stripped scan is zero, or another constant (the lowest value
+    # of an image z-scored after stripping): the value shared by the grid's eight corners
+    corners = data[np.ix_(*[[0, n - 1] for n in data.shape])]
+    background = float(corners.flat[0]) if np.all(corners == corners.flat[0]) else 0.0
+    offset = np.abs(data - np.float32(background)) if background else np.abs(data)
+    near_zero = offset <= 1e-3 * float(offset.max())
+    del offset
     veto = None
     coarse = False
     bright = None
     n_zero = int(np.count_nonzero(near_zero))
     stripped_ml = (data.size - n_zero) * float(np.prod(zooms)) / 1000.0
     if n_zero >= 0.3 * data.size and stripped_ml <= MAX_STRIPPED_ML:
-        # skull-stripped or masked input: everything above the zero background is tissue
+        # skull-stripped or masked input: everything but the constant background is tissue
         # (a larger non-zero region is a head whose air was zeroed: it takes the full-head
         # path, which separates the scalp; read as brain, its scalp, dura and neck made
         # candidates of up to 60 ml on simulated heads)
