@@ -193,3 +193,20 @@ def test_real_native_2d_head_mask_covers_the_upper_brain(tcga_dir):
     share = mask.sum(axis=(0, 1)) / np.maximum(head.sum(axis=(0, 1)), 1)
     assert share[14:21].min() >= 0.5, np.round(share, 2)  # before: 0.28-0.57
     assert share[:2].max() <= 0.12, np.round(share, 2)  # skull base slices: before 0.14-0.18
+
+
+def test_real_native_2d_head_with_zeroed_air(tcga_dir):
+    """TCGA native post with its air set to zero: the same brain mask as with the air noise.
+
+    Half of its voxels are then zero, as in a skull-stripped scan; read as one, its whole
+    3.4 l head was the mask, and ``inspect`` reported the face and scalp as a 77,545 mm3
+    lesion instead of the 3,152 mm3 tumour.
+    """
+    post = load_volume(Path(tcga_dir) / "native" / "T1w_post_gad.nii.gz")
+    head = ndi.binary_fill_holes(post.data > threshold_otsu(post.data))
+    head = ndi.binary_dilation(head, iterations=2)
+    zeroed = np.where(head, post.data, 0).astype(np.float32)
+    assert np.count_nonzero(zeroed == 0) >= 0.3 * zeroed.size
+    expected = estimate_brain_mask(post.data, post.affine)
+    mask = estimate_brain_mask(zeroed, post.affine)
+    assert np.count_nonzero(mask ^ expected) <= 0.01 * expected.sum()
