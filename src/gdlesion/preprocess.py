@@ -157,9 +157,8 @@ def estimate_brain_mask(
         of its voxels are background (zero, or the constant value of the grid's
         eight corners, as in a z-scored skull-stripped image), or the rest is
         larger than :data:`MAX_STRIPPED_ML` (a full head whose air was set to
-        zero). The
-        scalp touches the brain through thin dark skull, and 7 mm separates
-        them on 1 mm and 5.5 mm-slice scans alike.
+        zero). The scalp touches the brain through thin dark skull, and 7 mm
+        separates them on 1 mm and 5.5 mm-slice scans alike.
     central_radius_mm : float, optional
         Full-head input: radius of the sphere around the head's centre of mass
         whose intensities define brain; voxels more than 10 % brighter than its
