@@ -77,7 +77,7 @@ def test_batch_outputs_and_failures_in_the_middle(study, tmp_path):
         (tmp_path / "out" / ".gdlesion" / "tmp").iterdir())
 
 
-def test_rerun_reuses_complete_sessions_and_retries_failed(study, tmp_path):
+def test_rerun_reuses_complete_sessions_and_retries_failed(study, tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = _run(study, out)
     counts, lesions = _read(first.counts_path), _read(first.lesions_path)
@@ -102,6 +102,12 @@ def test_rerun_reuses_complete_sessions_and_retries_failed(study, tmp_path):
     assert changed.ran == 5
     sidecar = next(out.glob("sub-01/ses-01/anat/*_mask.json"))
     assert json.loads(sidecar.read_text())["Parameters"] == {"threshold": 50}
+    assert _run(study, out, params={"threshold": 50}).ran == 1  # only the failed one
+    # another gdlesion version -> every session is redone too
+    import gdlesion
+
+    monkeypatch.setattr(gdlesion, "__version__", "999.0")
+    assert _run(study, out, params={"threshold": 50}).ran == 5
 
 
 def test_process_pool_matches_serial(study, tmp_path):

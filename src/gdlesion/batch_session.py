@@ -98,9 +98,17 @@ def params_to_dict(params: Any) -> dict[str, Any]:
 
 
 def params_hash(params: Any, pipeline: str = "") -> str:
-    """Stable hash of the parameters (and preset name): a change reruns every session."""
+    """Stable hash of the parameters, preset name and gdlesion version.
+
+    A change of any of them reruns every session: a resumed batch never mixes
+    results of two versions (a new version may detect differently with the same
+    parameters) in one table.
+    """
+    from . import __version__
+
     text = json.dumps(
-        {"params": params_to_dict(params), "pipeline": pipeline, "record": RECORD_VERSION},
+        {"params": params_to_dict(params), "pipeline": pipeline, "record": RECORD_VERSION,
+         "gdlesion": __version__},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
