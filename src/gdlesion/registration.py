@@ -212,19 +212,26 @@ def register_rigid(
     _check_world_overlap(fixed_crop, moving_crop, who)
     try:
         with _itk_threads(threads):
-            transform, metric_initial, metric_final, levels = _optimise(
+            transform, metric_initial, levels = _optimise(
                 fixed_levels, moving_levels, levels_mm, init, settings)
     except RuntimeError as exc:
         raise RegistrationError(f"{who} failed in ITK: {_itk_reason(exc)}") from None
-    if not (np.isfinite(metric_initial) and np.isfinite(metric_final)):
-        raise RegistrationError(
-            f"{who}: metric is not finite ({metric_final}); the images share no content"
-        )
 
     matrix = matrix_from_sitk_transform(transform)
-    # the full-resolution resampling runs while the QC numbers are computed
+    # the full-resolution resampling runs while the final metric and the QC numbers are
+    # computed (the resampling does not depend on them; the metric is evaluated with the
+    # same thread setting as before, so it is the same number)
     with ThreadPoolExecutor(max_workers=1) as pool:
         resampled = pool.submit(_resample_array, moving_img, fixed_img, transform)
+        try:
+            with _itk_threads(threads):
+                metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
+        except RuntimeError as exc:
+            raise RegistrationError(f"{who} failed in ITK: {_itk_reason(exc)}") from None
+        if not (np.isfinite(metric_initial) and np.isfinite(metric_final)):
+            raise RegistrationError(
+                f"{who}: metric is not finite ({metric_final}); the images share no content"
+            )
         before, after, overlap = _qc(fixed_levels[-1], moving_levels[-1], transform)
         if not overlap >= min_overlap:
             raise RegistrationError(
@@ -265,8 +272,8 @@ def _resample_array(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Trans
 def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
               levels_mm: tuple[float, ...], init: str,
               settings: _Settings,
-              ) -> tuple[sitk.Euler3DTransform, float, float, list[dict[str, Any]]]:
-    """Initialise, then run each pyramid level; return transform, metrics, per-level records."""
+              ) -> tuple[sitk.Euler3DTransform, float, list[dict[str, Any]]]:
+    """Initialise, then run each level; return transform, initial metric, per-level records."""
     transform = _initial_transform(fixed_levels[0], moving_levels[0], init, settings)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # the initial metric (of a copy of the transform, its own single-threaded method)
@@ -275,8 +282,7 @@ def _optimise(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
                               sitk.Euler3DTransform(transform), settings)
         records = _run_levels(fixed_levels, moving_levels, levels_mm, transform, settings)
         metric_initial = initial.result()
-    metric_final = _metric(fixed_levels[-1], moving_levels[-1], transform, settings)
-    return transform, metric_initial, metric_final, records
+    return transform, metric_initial, records
 
 
 def _run_levels(fixed_levels: list[sitk.Image], moving_levels: list[sitk.Image],
