@@ -93,7 +93,7 @@ def enhancement_map(
     zooms: np.ndarray,
     *,
     params: DetectionParams,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Enhancement in robust noise units, with an allowance for misregistration at edges.
 
     The residual ``post - pre_mapped`` (pre already mapped to post intensities)
