@@ -289,3 +289,56 @@ def test_simulated_head_overlap_is_measured_on_the_whole_head(seed):
     xh = np.c_[x, np.ones(len(x))]
     err = np.linalg.norm((xh @ (result.matrix_ras - study.matrix_ras).T)[:, :3], axis=1)
     assert err.max() < 1.0
+
+
+def test_head_mask_equals_the_scipy_and_skimage_formulation(synthetic_pair, rng):
+    """The registration's SimpleITK-only head mask is the one scipy and scikit-image give."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from gdlesion import registration as reg
+    from gdlesion.io import to_sitk
+    from gdlesion.preprocess import fill_holes
+
+    def reference(image: sitk.Image) -> np.ndarray:
+        arr = sitk.GetArrayViewFromImage(image)
+        values = arr[:: max(1, arr.shape[0] // 16)].ravel()
+        fg = arr > min(threshold_otsu(values), 0.1 * float(np.percentile(values, 99)))
+        labels, n = ndi.label(fg)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            fg = labels == int(np.argmax(sizes))
+        return fill_holes(fg)
+
+    moving, fixed, _ = synthetic_pair
+    for volume in (moving, fixed):
+        for mm in (4.0, 8.0):
+            level = reg._shrink(to_sitk(volume), mm)
+            assert np.array_equal(reg._head_mask(level), reference(level))
+    # the Otsu level decides when it is below 10 % of the 99th percentile: a bright
+    # minority of voxels on a dim background (with a hole, and a second, smaller blob)
+    data = rng.normal(10.0, 1.0, (30, 32, 28)).astype(np.float32)
+    data[5:25, 6:26, 4:24] = 300.0
+    data[12:16, 12:16, 10:14] = 10.0
+    data[27:29, 2:5, 2:5] = 300.0
+    image = sitk.GetImageFromArray(data)
+    values = data[:: max(1, data.shape[0] // 16)].ravel()
+    assert threshold_otsu(values) < 0.1 * np.percentile(values, 99)
+    assert np.array_equal(reg._head_mask(image), reference(image))
+    for _ in range(50):
+        mask = rng.random((9, 12, 7)) > rng.uniform(0.3, 0.7)
+        assert np.array_equal(reg._fill_holes(mask), fill_holes(mask))
+
+
+def test_registration_imports_neither_scipy_ndimage_nor_skimage():
+    """``inspect`` starts the registration before scipy.ndimage and scikit-image are loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gdlesion.registration; "
+        "print(sorted(m for m in ('scipy.ndimage', 'skimage', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

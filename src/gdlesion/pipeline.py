@@ -273,18 +273,13 @@ def _prepare(
 ) -> _Prepared:
     """Load, choose the parameters, register, mask the brain and normalise the pre scan."""
     stage("load")
-    # decompression (zlib) releases the GIL: the scans load side by side while the next
-    # stages' modules are imported; a bad post scan is still the error reported first
+    # decompression releases the GIL: the scans load side by side while the registration
+    # module (SimpleITK and numpy only) is imported; a bad post scan is still the error
+    # reported first
     with _executor(threads) as pool:
         post_job = pool.submit(_as_volume, post, "post-contrast scan")
         pre_job = pool.submit(_as_volume, pre, "pre-contrast scan")
         flair_job = pool.submit(_as_volume, flair, "FLAIR") if flair is not None else None
-        from .preprocess import (
-            bounding_box,
-            conditional_median_mapping,
-            estimate_brain_mask,
-            n4_bias_field,
-        )
         from .registration import register_rigid
 
         post_v = post_job.result()
@@ -316,6 +311,14 @@ def _prepare(
             if flair_v is not None else None
         )
         stage("brain_mask")
+        # scipy and scikit-image are imported here, while the registrations run
+        from .preprocess import (
+            bounding_box,
+            conditional_median_mapping,
+            estimate_brain_mask,
+            n4_bias_field,
+        )
+
         if brain_mask is None:
             try:
                 mask = estimate_brain_mask(

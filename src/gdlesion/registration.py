@@ -41,12 +41,9 @@ from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from .errors import RegistrationError
 from .io import Volume, from_sitk, matrix_from_sitk_transform, to_sitk
-from .preprocess import fill_holes
 from .transforms import resample_volume, rigid_matrix, rotation_angles_deg
 
 __all__ = [
@@ -422,7 +419,11 @@ def _initial_transform(fixed_level: sitk.Image, moving_level: sitk.Image, init: 
 
 
 def _head_mask(image: sitk.Image) -> np.ndarray:
-    """Largest Otsu foreground component with holes filled, as a ``[k, j, i]`` bool array."""
+    """Largest Otsu foreground component with holes filled, as a ``[k, j, i]`` bool array.
+
+    SimpleITK and numpy only: this module imports neither scipy nor scikit-image, so that
+    a registration can start while those are still being imported (``gdlesion inspect``).
+    """
     arr = sitk.GetArrayViewFromImage(image)
     values = arr[:: max(1, arr.shape[0] // 16)].ravel()
     if values.min() == values.max():
@@ -430,13 +431,39 @@ def _head_mask(image: sitk.Image) -> np.ndarray:
     # Otsu alone may split tissue classes instead of head/air on T1 scans whose skull and CSF
     # are dark (the largest component is then the brain only); 10% of the 99th percentile is
     # above air noise on every scan we have seen, so take whichever threshold is lower.
-    fg = arr > min(threshold_otsu(values), 0.1 * float(np.percentile(values, 99)))
-    labels, n = ndimage.label(fg)
-    if n > 1:
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(256)
+    otsu.SetReturnBinMidpoint(True)  # as skimage's threshold_otsu
+    otsu.Execute(sitk.GetImageFromArray(values.reshape(1, 1, -1)))
+    fg = arr > min(otsu.GetThreshold(), 0.1 * float(np.percentile(values, 99)))
+    labels = _components(fg)
+    if labels.max() > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         fg = labels == int(np.argmax(sizes))
-    return fill_holes(fg)
+    return _fill_holes(fg)
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Face-connected components of a 3-D mask, numbered 1..n (0 outside)."""
+    image = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)))
+    return sitk.GetArrayFromImage(image)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """:func:`gdlesion.preprocess.fill_holes` of a 3-D mask, with SimpleITK's labelling.
+
+    A hole is a face-connected background component that touches no face of the grid.
+    """
+    labels = _components(~mask)
+    outside = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for axis in range(3):
+        for index in (0, -1):
+            face = [slice(None)] * 3
+            face[axis] = index  # type: ignore[call-overload]
+            outside[labels[tuple(face)]] = True
+    outside[0] = True  # the mask itself
+    return ~outside[labels] | mask
 
 
 def _crop_to_head(image: sitk.Image) -> sitk.Image:
