@@ -408,3 +408,12 @@ def test_voxel_axis_order_does_not_change_real_lesions(lesjak_dir):
     other = run_study(_reoriented(pre, ("L", "P", "I")), _reoriented(post, ("P", "S", "L")))
     assert all((first.labels[ball] > 0).any() for ball in balls)
     _same_lesions_in_world(first, other, volume_rtol=0.05, centroid_mm=0.5)
+
+
+def test_version_is_the_installed_distribution_version():
+    """``gdlesion.__version__`` is the one source of the version (pyproject reads it)."""
+    from importlib.metadata import version
+
+    import gdlesion
+
+    assert gdlesion.__version__ == version("gdlesion")
