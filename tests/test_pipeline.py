@@ -235,6 +235,20 @@ def test_pre_and_post_do_not_overlap(lesion_free):
         run_study(Volume(pre.data, far, "pre.nii.gz"), post)
 
 
+def test_low_correlation_after_registration_warns_then_refuses(lesion_free, monkeypatch):
+    """``min_similarity`` is inclusive; between it and SIMILARITY_WARNING the study warns."""
+    from gdlesion import pipeline
+
+    pre, post, result = lesion_free
+    value = result.registration.similarity_after
+    assert value > pipeline.SIMILARITY_WARNING and not result.warnings
+    monkeypatch.setattr(pipeline, "SIMILARITY_WARNING", 1.0)
+    at_limit = run_study(pre, post, overrides={"min_similarity": value})
+    assert any("correlate only" in w for w in at_limit.warnings)
+    with pytest.raises(RegistrationError, match="correlation with the post scan only"):
+        run_study(pre, post, overrides={"min_similarity": float(np.nextafter(value, 2.0))})
+
+
 def test_swapped_pre_post_warns(planted):
     pre, post, _, _ = planted
     swapped = run_study(post, pre)
@@ -270,6 +284,18 @@ def test_cli_inspect(planted, tmp_path, write_nifti):
     assert not out2.exists() or not any(out2.iterdir())
     res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--pipeline", "nope"])
     assert res.exit_code == 1 and "not a preset" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_pre_scan_of_another_patient_warns_or_is_refused(lesjak_dir, tcga_dir):
+    """A pre scan of another patient: same protocol -> warning; another protocol -> refused."""
+    post = lesjak_dir / "patient07" / "T1POST.nii.gz"
+    other = run_study(lesjak_dir / "patient19" / "T1.nii.gz", post)
+    assert other.registration.similarity_after < 0.5
+    assert any("correlate only" in w for w in other.warnings)
+    with pytest.raises(RegistrationError, match="correlation with the post scan only"):
+        run_study(tcga_dir / "native" / "T1w_pre.nii.gz", post)
 
 
 @pytest.mark.slow

@@ -238,6 +238,15 @@ class DetectionParams:
     min_overlap : float
         After registration the pre scan must cover at least this fraction of
         the post scan's brain mask (inclusive).
+    min_similarity : float
+        After registration the pre scan's Pearson correlation with the post
+        scan over the head (``RegistrationResult.similarity_after``) must be at
+        least this (inclusive); below, the registration failed or the scans are
+        of different heads, and the study is refused. Pre/post pairs of one
+        session give 0.66-0.90 (the real Lesjak and TCGA pairs, simulated and
+        sample_data pairs); a pre scan of another subject 0.03-0.35 on the real
+        scans and 0.49 between two simulated heads, which share one anatomy
+        template. Default 0.25; ``run_study`` warns below 0.5.
     """
 
     smoothing_mm: float = 0.8
@@ -280,6 +289,7 @@ class DetectionParams:
     min_brain_volume_ml: float = 20.0
     bias_correction: str = "none"
     min_overlap: float = 0.5
+    min_similarity: float = 0.25
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -50,6 +50,11 @@ __all__ = [
 LAZY_COLUMNS = ("conspicuity", "csf_distance_mm", "ventricle_fraction")
 SHAPE_REASONS = ("too_small", "faint", "vessel")
 
+#: Below this correlation of the registered pre scan with the post scan (and above
+#: ``DetectionParams.min_similarity``), ``run_study`` warns: pre/post pairs of one session give
+#: 0.66-0.90, a pre scan of another (simulated) head 0.49.
+SIMILARITY_WARNING = 0.5
+
 #: Stage names reported to ``progress`` and used as keys of ``StudyResult.timings``.
 STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "measures")
 
@@ -258,6 +263,7 @@ class _Prepared:
     flair_c: np.ndarray | None
     params: DetectionParams
     pipeline: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def _prepare(
@@ -346,6 +352,20 @@ def _prepare(
                 f"brain after registration (minimum {p.min_overlap:.0%}); are these scans of the "
                 "same head?"
             )
+        if not reg.similarity_after >= p.min_similarity:
+            raise RegistrationError(
+                f"pre-contrast scan {pre_v.name}: correlation with the post scan only "
+                f"{reg.similarity_after:.2f} after registration (minimum {p.min_similarity:.2f}; "
+                "a pre/post pair of one session gives 0.65-0.90); are these scans of the same "
+                "head, and did the registration fail?"
+            )
+        warnings = []
+        if reg.similarity_after < SIMILARITY_WARNING:
+            warnings.append(
+                f"pre and post scans correlate only {reg.similarity_after:.2f} after registration "
+                "(a pre/post pair of one session gives 0.65-0.90): check that they are of the "
+                "same head and that the registration (qc.png, report.html) is right"
+            )
         flair_reg = flair_job.result().registered.data if flair_job is not None else None
 
     stage("normalisation")
@@ -366,7 +386,7 @@ def _prepare(
         post=post_v, pre=pre_v, flair=flair_v, registration=reg, mask=mask, box=box,
         post_c=post_c, pre_mapped=conditional_median_mapping(pre_c, post_c, mask_c),
         mask_c=mask_c, flair_c=flair_reg[box] if flair_reg is not None else None,
-        params=p, pipeline=pipeline_name,
+        params=p, pipeline=pipeline_name, warnings=warnings,
     )
 
 
@@ -472,7 +492,7 @@ def _detect(
     rejected_labels[box] = rej_c
     enh = np.zeros(post_v.shape, dtype=np.float32)
     enh[box] = z
-    warnings = _swap_warning(z, mask_c, p)
+    warnings = prep.warnings + _swap_warning(z, mask_c, p)
     return StudyResult(
         post=post_v,
         pre_registered=prep.registration.registered,
