@@ -243,7 +243,7 @@ class DetectionParams:
         scan over the head (``RegistrationResult.similarity_after``) must be at
         least this (inclusive); below, the registration failed or the scans are
         of different heads, and the study is refused. Pre/post pairs of one
-        session give 0.66-0.90 (the real Lesjak and TCGA pairs, simulated and
+        session give 0.65-0.90 (the real Lesjak and TCGA pairs, simulated and
         sample_data pairs); a pre scan of another subject 0.03-0.35 on the real
         scans and 0.49 between two simulated heads, which share one anatomy
         template. Default 0.25; ``run_study`` warns below 0.5.

@@ -52,7 +52,7 @@ SHAPE_REASONS = ("too_small", "faint", "vessel")
 
 #: Below this correlation of the registered pre scan with the post scan (and above
 #: ``DetectionParams.min_similarity``), ``run_study`` warns: pre/post pairs of one session give
-#: 0.66-0.90, a pre scan of another (simulated) head 0.49.
+#: 0.65-0.90, a pre scan of another (simulated) head 0.49.
 SIMILARITY_WARNING = 0.5
 
 #: Stage names reported to ``progress`` and used as keys of ``StudyResult.timings``.
