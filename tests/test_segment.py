@@ -103,6 +103,37 @@ def test_refine_boundaries_keeps_half_maximum():
     assert out.ravel().tolist() == [0, 0, 1, 1, 0]
 
 
+def test_refine_boundaries_drops_a_faint_trail_but_keeps_a_weaker_side():
+    # candidate 1: a bright ball (100) with a faint tube (8) growing out of it, as a vein
+    # followed by the growing level; candidate 2: two nodules of 100 and 30 joined by a
+    # bridge, the weaker side of a heterogeneous lesion (its own peak 30 % of the top)
+    img = np.zeros((40, 24, 24), np.float32)
+    ii, jj, kk = np.indices(img.shape)
+    ball = (ii - 8) ** 2 + (jj - 6) ** 2 + (kk - 6) ** 2 <= 9
+    tube = (ii >= 8) & (ii <= 30) & (abs(jj - 6) <= 1) & (abs(kk - 6) <= 1) & ~ball
+    img[tube] = 8.0
+    img[ball] = 100.0
+    left = (ii - 8) ** 2 + (jj - 18) ** 2 + (kk - 18) ** 2 <= 9
+    right = (ii - 24) ** 2 + (jj - 18) ** 2 + (kk - 18) ** 2 <= 9
+    bridge = (ii > 8) & (ii < 24) & (jj == 18) & (kk == 18)
+    img[bridge] = 16.0
+    img[left] = 100.0
+    img[right] = 30.0
+    labels = np.zeros(img.shape, np.int32)
+    labels[ball | tube] = 1
+    labels[left | right | bridge] = 2
+    kept, n = refine_boundaries(labels, img, img, np.ones(3), fraction=0.5)
+    # without the rule the trail beyond the ball's 3 mm reach keeps its own half maximum
+    assert n == 2 and (kept == 1)[tube & (ii > 14)].all()
+    out, n = refine_boundaries(labels, img, img, np.ones(3), fraction=0.5, part_fraction=0.2)
+    assert n == 2
+    assert ((out == 1) == ball).all()  # the trail is dropped, the ball is whole
+    assert ((out == 2)[left | right]).all()  # the weaker nodule stays
+    # the bridge's middle, out of both nodules' reach, peaks at 16: under a fifth of 100
+    middle = bridge & (ii >= 15) & (ii <= 17)
+    assert (kept == 2)[middle].all() and not (out == 2)[middle].any()
+
+
 def _table(**values):
     row = {c: 0.0 for c in LESION_COLUMNS}
     row.update(

@@ -94,6 +94,21 @@ class DetectionParams:
         at least this fraction of its own peak: 0.5 is the partial-volume
         midpoint of a uniformly enhancing lesion, which makes volumes unbiased
         (0 keeps the whole hysteresis region).
+    part_peak_fraction : float
+        With that trimming, a part of a candidate more than ~3 mm from its
+        peak is measured against its own local peak, so that the weaker side
+        of a ring keeps its outline. A part whose local peak is below this
+        fraction of the candidate's highest peak is dropped: a faint structure
+        that the growing level followed out of a bright lesion (a vein, a
+        partial-volume rim), which made the lesion a branching "vessel" and
+        overstated its volume. 0.2: on the benchmark cases (simulated 1 mm and
+        2-D heads, Lesjak pairs with inserted balls, five seeds, and ovoids) a
+        3.7 mm lesion enhancing by 86 % is found that a 120-voxel faint trail
+        had turned into a branching vessel, Dice rises on five simulated 1 mm
+        heads (0.67 -> 0.90 on one) and one 2-D head, and no other detection
+        changes. 0.1 gives the same detections on every set, 0.3 on the two
+        sets tried; 0.4 starts to shrink the TCGA glioma (Dice 0.64 -> 0.63).
+        0 keeps every part.
     regrow_radius_mm : float
         A candidate smaller than ``min_volume_mm3`` whose peak is a round blob
         reaching the blob seed level (``blob_seed_threshold``,
@@ -258,6 +273,7 @@ class DetectionParams:
     misregistration_mm: float = 0.5
     noise_guide_mm: float = 2.0
     boundary_fraction: float = 0.5
+    part_peak_fraction: float = 0.2
     regrow_radius_mm: float = 4.0
     min_volume_mm3: float = 6.0
     min_enhancement_pct: float = 25.0
@@ -313,6 +329,8 @@ class DetectionParams:
         for name in ratios:
             if getattr(self, name) > 1:
                 raise InputError(f"{name}={getattr(self, name)} must be <= 1 (a ball is 1)")
+        if self.part_peak_fraction > 1:
+            raise InputError(f"part_peak_fraction={self.part_peak_fraction} must be <= 1")
         if not self.split_saddle_ratio < 1:
             raise InputError(f"split_saddle_ratio={self.split_saddle_ratio} must be < 1")
 
