@@ -286,6 +286,27 @@ def test_cli_inspect(planted, tmp_path, write_nifti):
     assert res.exit_code == 1 and "not a preset" in res.output
 
 
+def test_cli_inspect_writes_its_files_before_printing(planted, tmp_path, write_nifti, monkeypatch):
+    """A closed stdout (``gdlesion inspect ... | head``) stops the printing, not the files."""
+    import errno
+
+    from gdlesion import cli
+
+    pre, post, _, _ = planted
+    pre_p = write_nifti(pre.data, pre.affine, name="pre.nii.gz")
+    post_p = write_nifti(post.data, post.affine, name="post.nii.gz")
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(cli.console, "print", closed)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["inspect", str(pre_p), str(post_p), "--out", str(out)])
+    assert res.exit_code != 0  # click's answer to a closed pipe
+    for name in ("lesion_labels.nii.gz", "lesions.csv", "summary.json", "qc.png", "report.html"):
+        assert (out / name).is_file(), name
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_pre_scan_of_another_patient_warns_or_is_refused(lesjak_dir, tcga_dir):

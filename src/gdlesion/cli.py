@@ -233,6 +233,16 @@ def inspect_command(
                 pre, post, flair=flair, brain_mask=brain_mask, params=params,
                 overrides=overrides if isinstance(params, str) else None, progress=on_stage,
             )
+            if out is not None:
+                # written before anything is printed: a closed stdout (``| head``) must not
+                # cost the files
+                from .outputs import write_study_outputs
+
+                bar.update(task, description="writing outputs")
+                write_study_outputs(
+                    result, out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask),
+                    report=not no_report,
+                )
         for message in result.warnings:
             err_console.print(Text.assemble(("warning: ", "bold yellow"), message), soft_wrap=True)
         reg = result.registration
@@ -266,12 +276,6 @@ def inspect_command(
                 )
             console.print(table)
         if out is not None:
-            from .outputs import write_study_outputs
-
-            write_study_outputs(
-                result, out, overwrite=overwrite, inputs=(pre, post, flair, brain_mask),
-                report=not no_report,
-            )
             console.print(Text(f"wrote {out}"))
 
 # --- batch ----------------------------------------------------------------------------
