@@ -307,6 +307,25 @@ def test_cli_inspect_writes_its_files_before_printing(planted, tmp_path, write_n
         assert (out / name).is_file(), name
 
 
+def test_summary_is_written_last(planted, tmp_path, monkeypatch):
+    """A run stopped while writing leaves whole files but no summary.json."""
+    from gdlesion import report
+
+    result = planted[3]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_inspect_report", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_study_outputs(result, tmp_path / "out")
+    assert (tmp_path / "out" / "lesions.csv").is_file()
+    assert not (tmp_path / "out" / "summary.json").exists()
+    monkeypatch.undo()
+    write_study_outputs(result, tmp_path / "out2")
+    assert (tmp_path / "out2" / "summary.json").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_pre_scan_of_another_patient_warns_or_is_refused(lesjak_dir, tcga_dir):

@@ -47,6 +47,7 @@ def write_study_outputs(
     ``lesions.csv``, ``rejected.csv``, ``summary.json`` and ``qc.png``, all on
     the post scan's grid. With ``report`` (default), also the QC page
     ``report.html`` (see :func:`gdlesion.report.write_inspect_report`).
+    ``summary.json`` is written last, so a folder that holds it is complete.
 
     Raises
     ------
@@ -78,11 +79,13 @@ def write_study_outputs(
         )
         io.write_text_atomic(out / "rejected.csv", lesions_table_csv(result.rejected))
         save_qc_png(result, out / "qc.png")
-        io.write_json_atomic(out / "summary.json", result.summary_dict())
         if report:
             from .report import write_inspect_report
 
             write_inspect_report(result, out, inputs=inputs)
         for job in jobs:
             job.result()
+    # last: a folder holding summary.json is complete (a run stopped while writing leaves
+    # whole files but no summary)
+    io.write_json_atomic(out / "summary.json", result.summary_dict())
     return out
