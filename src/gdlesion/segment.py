@@ -325,10 +325,9 @@ def refine_boundaries(
     peak = ndi.maximum_filter(np.where(fg, smoothed, np.float32(0)), size=size)
     keep = fg & (raw >= np.float32(fraction) * peak)
     if part_fraction > 0:
-        inside = labels[fg]
-        top = np.zeros(int(inside.max()) + 1, dtype=np.float32)
-        np.maximum.at(top, inside, smoothed[fg])
-        keep[fg] &= peak[fg] >= np.float32(part_fraction) * top[inside]
+        top, _ = label_peaks(smoothed, labels, int(labels.max()))
+        top = np.concatenate(([0.0], top)).astype(np.float32)  # indexed by label
+        keep[fg] &= peak[fg] >= np.float32(part_fraction) * top[labels[fg]]
     return relabel_sequential(np.where(keep, labels, 0))
 
 
