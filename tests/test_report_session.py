@@ -110,3 +110,25 @@ def test_no_report_option_skips_page(inspected, tmp_path):
     result, _, _ = inspected
     out = write_study_outputs(result, tmp_path / "out", report=False)
     assert (out / "summary.json").is_file() and not (out / "report.html").exists()
+
+
+def test_enhancement_colours_are_matplotlibs_rdbu_r():
+    # the report's colour map is built without importing matplotlib; it must stay the same
+    import numpy as np
+    from matplotlib import colormaps
+
+    from gdlesion.report_figures import enhancement_rgb
+
+    rng = np.random.default_rng(0)
+    z = np.concatenate([
+        rng.normal(0.0, 6.0, 100_000), [-8.0, 8.0, 0.0, -1e9, 1e9, 7.9999, -7.9999, np.nan],
+        np.linspace(-8.0, 8.0, 4097),
+    ])
+    for values in (z, z.astype(np.float32)):
+        rgba = colormaps["RdBu_r"](np.clip((values + 8.0) / 16.0, 0.0, 1.0))
+        expected = np.round(rgba[..., :3] * 255).astype(np.uint8)
+        got = enhancement_rgb(values)
+        assert got.dtype == np.uint8 and got.shape == values.shape + (3,)
+        assert np.array_equal(got, expected)
+    assert np.array_equal(enhancement_rgb(np.array([[-1e3, 1e3]]), vmax=4.0),
+                          enhancement_rgb(np.array([[-4.0, 4.0]]), vmax=4.0))

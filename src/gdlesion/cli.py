@@ -221,13 +221,6 @@ def inspect_command(
 
             def on_stage(stage: str) -> None:
                 bar.update(task, description=_STAGE_LABELS.get(stage, stage))
-                if stage == "measures" and out is not None and not no_report:
-                    # the report's colour map (matplotlib, ~0.1 s to import) is loaded
-                    # in the background while the candidates are measured, a stage that
-                    # leaves the second core idle
-                    from .report_figures import preload_colormap
-
-                    preload_colormap()
 
             result = run_study(
                 pre, post, flair=flair, brain_mask=brain_mask, params=params,

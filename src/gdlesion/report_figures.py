@@ -14,16 +14,11 @@ from __future__ import annotations
 import base64
 import functools
 import io as _io
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 from scipy import ndimage as ndi
-
-if TYPE_CHECKING:
-    from matplotlib.colors import Colormap
 
 __all__ = [
     "Canonical",
@@ -175,28 +170,54 @@ def overlay_edges(rgb: np.ndarray, img: np.ndarray, color: tuple[int, int, int])
     return out
 
 
+#: ColorBrewer's diverging "RdBu" scheme (Cynthia Brewer, colorbrewer2.org; Apache
+#: License 2.0), the 11 colours from which matplotlib builds its ``RdBu`` colour map.
+_RDBU = np.array([
+    (0.40392156862745099, 0.0, 0.12156862745098039),
+    (0.69803921568627447, 0.09411764705882353, 0.16862745098039217),
+    (0.83921568627450982, 0.37647058823529411, 0.30196078431372547),
+    (0.95686274509803926, 0.6470588235294118, 0.50980392156862742),
+    (0.99215686274509807, 0.85882352941176465, 0.7803921568627451),
+    (0.96862745098039216, 0.96862745098039216, 0.96862745098039216),
+    (0.81960784313725488, 0.89803921568627454, 0.94117647058823528),
+    (0.5725490196078431, 0.77254901960784317, 0.87058823529411766),
+    (0.2627450980392157, 0.57647058823529407, 0.76470588235294112),
+    (0.12941176470588237, 0.4, 0.67450980392156867),
+    (0.0196078431372549, 0.18823529411764706, 0.38039215686274508),
+])
+_LUT_SIZE = 256
+
+
 @functools.cache
-def _red_blue() -> Colormap:
-    import matplotlib
+def _red_blue_lut() -> np.ndarray:
+    """Return matplotlib's ``RdBu_r`` colours as a ``(256, 3)`` uint8 RGB lookup table.
 
-    return matplotlib.colormaps["RdBu_r"]  # a copy, whose lookup table is built once
-
-
-def preload_colormap() -> threading.Thread:
-    """Import matplotlib's colour maps in a background thread; returns the started thread.
-
-    The CLI calls this while a study is still being measured, so that the
-    report's first :func:`enhancement_rgb` does not wait for the import.
+    Built from the same 11 colours and linear interpolation as matplotlib
+    (a test checks that the table and :func:`enhancement_rgb` are identical to
+    matplotlib's); importing matplotlib for it would cost ``inspect`` about
+    0.1 s of the interpreter lock while the study is still being measured.
     """
-    thread = threading.Thread(target=_red_blue, name="gdlesion-preload", daemon=True)
-    thread.start()
-    return thread
+    colours = _RDBU[::-1]  # reversed: blue (negative) to red (positive)
+    knots = np.linspace(0.0, 1.0, len(colours))
+    grid = np.linspace(0.0, 1.0, _LUT_SIZE)
+    lut = np.stack([np.interp(grid, knots, colours[:, c]) for c in range(3)], axis=1)
+    return np.round(lut * 255).astype(np.uint8)
 
 
 def enhancement_rgb(z: np.ndarray, *, vmax: float = 8.0) -> np.ndarray:
-    """Colour image of an enhancement z-map (blue negative, red positive)."""
-    rgba = _red_blue()(np.clip((z + vmax) / (2 * vmax), 0.0, 1.0))
-    return np.round(rgba[..., :3] * 255).astype(np.uint8)
+    """Colour image of an enhancement z-map (blue negative, red positive).
+
+    The colours of matplotlib's ``RdBu_r`` over ``[-vmax, vmax]`` (values
+    beyond are clipped; NaN is black, matplotlib's "bad" colour).
+    """
+    x = np.clip((z + vmax) / (2 * vmax), 0.0, 1.0)
+    # matplotlib's indexing: floor(x * N), with x == 1 in the last bin
+    idx = x * _LUT_SIZE
+    bad = np.isnan(idx)
+    idx[bad | (idx == _LUT_SIZE)] = _LUT_SIZE - 1
+    rgb = _red_blue_lut()[idx.astype(np.intp)]
+    rgb[bad] = 0
+    return rgb
 
 
 def hstack(images: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
