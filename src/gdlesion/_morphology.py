@@ -67,9 +67,6 @@ _NEIGHBOURS = np.array(
 
 def _maxima_of_raised(image: np.ndarray, within: np.ndarray) -> np.ndarray:
     """:func:`regional_maxima` inside ``within``, whose voxels are higher than all others."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     shape = np.array(image.shape) + 2
     padded = np.full(tuple(shape), -np.inf, dtype=image.dtype)  # outside: lower than all
     padded[1:-1, 1:-1, 1:-1] = image
@@ -88,15 +85,9 @@ def _maxima_of_raised(image: np.ndarray, within: np.ndarray) -> np.ndarray:
     is_top[top_at] = True
     around = top_at[:, None] + offsets
     leaks = ((flat_padded[around] == values[top][:, None]) & ~is_top[around]).any(axis=1)
-    # pieces: connected components of the 26-adjacency graph of the top voxels
-    order = np.full(flat_padded.size, -1, dtype=np.int64)
-    order[top_at] = np.arange(top_at.size)
-    rows, cols = np.nonzero(is_top[around])
-    graph = coo_matrix(
-        (np.ones(rows.size, dtype=bool), (rows, order[around[rows, cols]])),
-        shape=(top_at.size, top_at.size),
-    )
-    n_pieces, piece = connected_components(graph, directed=False)
+    # pieces: 26-connected components of the top voxels (labelled on the padded grid)
+    pieces, n_pieces = ndi.label(is_top.reshape(tuple(shape)), structure=_FULL)
+    piece = pieces.ravel()[top_at] - 1
     dropped = np.zeros(n_pieces, dtype=bool)
     dropped[piece[leaks]] = True
     keep = ~dropped[piece]
