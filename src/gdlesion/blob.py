@@ -181,6 +181,7 @@ def carve_thick_cores(
     """
     from scipy import ndimage as ndi
 
+    from ._morphology import distance_transform_edt
     from .segment import CONNECTIVITY, relabel_sequential
 
     out = np.asarray(labels, dtype=np.int32).copy()
@@ -197,10 +198,10 @@ def carve_thick_cores(
             for s, n in zip(boxes[lab - 1], out.shape, strict=True)
         )
         comp = out[box] == lab
-        core = ndi.distance_transform_edt(comp, sampling=zooms) > radius_mm
+        core = distance_transform_edt(comp, zooms) > radius_mm
         if not core.any():
             continue
-        opened = comp & (ndi.distance_transform_edt(~core, sampling=zooms) <= radius_mm + 1e-6)
+        opened = comp & (distance_transform_edt(~core, zooms) <= radius_mm + 1e-6)
         if np.count_nonzero(opened) == np.count_nonzero(comp):
             continue
         pieces, k = ndi.label(opened, structure=CONNECTIVITY)

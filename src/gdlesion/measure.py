@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ._morphology import distance_transform_edt
 from .anatomy import Context
 from .blob import label_peaks, peak_blob_ratio
 from .preprocess import fill_holes
@@ -86,7 +87,7 @@ def _per_lesion_shape(
         if box is None:
             continue
         les = np.pad(labels[box] == idx + 1, 1)
-        thickness[idx] = 2.0 * float(ndi.distance_transform_edt(les, sampling=zooms).max())
+        thickness[idx] = 2.0 * float(distance_transform_edt(les, zooms).max())
         filled = fill_holes(les)
         for axis in range(3):
             filled |= fill_holes(les, in_plane_of=axis)
@@ -253,7 +254,7 @@ def conspicuity(
             slice(max(s.start - p, 0), min(s.stop + p, size))
             for s, p, size in zip(box, pad, labels.shape, strict=True)
         )
-        dist = ndi.distance_transform_edt(labels[box] != idx + 1, sampling=zooms)
+        dist = distance_transform_edt(labels[box] != idx + 1, zooms)
         shell = (dist > shell_mm[0]) & (dist <= shell_mm[1]) & mask[box]
         if shell.any():
             background = float(np.percentile(z[box][shell], percentile))
