@@ -422,6 +422,15 @@ def test_fill_holes_matches_scipy_in_3d_and_slice_by_slice(rng):
             st[tuple(plane)] = ndi.generate_binary_structure(2, 1)
             expected = ndi.binary_fill_holes(m, structure=st)
             assert np.array_equal(fill_holes(m, in_plane_of=axis), expected)
+            # what measure._per_lesion_shape relies on: every 3-D hole is a hole of its slices
+            assert not (fill_holes(m) & ~expected).any()
+    # a closed shell with a dent: its cavity is a 3-D hole and a hole of every slice through it
+    shell = _ball((15, 15, 15), (7, 7, 7), 6) & ~_ball((15, 15, 15), (7, 7, 7), 3.5)
+    shell[1:3, 6:9, 6:9] = False
+    cavity = fill_holes(shell) & ~shell
+    assert cavity.sum() > 100
+    for axis in range(3):
+        assert not (cavity & ~fill_holes(shell, in_plane_of=axis)).any()
 
 
 def test_relabel_sequential_keeps_order_and_matches_a_unique_based_renumbering(rng):

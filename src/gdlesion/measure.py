@@ -88,8 +88,10 @@ def _per_lesion_shape(
             continue
         les = np.pad(labels[box] == idx + 1, 1)
         thickness[idx] = 2.0 * float(distance_transform_edt(les, zooms).max())
-        filled = fill_holes(les)
-        for axis in range(3):
+        # slice by slice along each axis; a hole of the 3-D fill is a hole of every slice
+        # through it (its in-plane background lies within its enclosed 3-D background)
+        filled = fill_holes(les, in_plane_of=0)
+        for axis in (1, 2):
             filled |= fill_holes(les, in_plane_of=axis)
         hole = int(filled.sum() - les.sum())
         ring[idx] = hole >= RING_HOLE_FRACTION * filled.sum() and hole >= 2
