@@ -286,6 +286,33 @@ def test_cli_inspect(planted, tmp_path, write_nifti):
     assert res.exit_code == 1 and "not a preset" in res.output
 
 
+def test_console_script_exit_codes(planted, tmp_path, write_nifti):
+    """The ``gdlesion`` entry point (a finished inspect ends the process early) keeps its codes."""
+    import subprocess
+    import sys
+
+    pre, post, _, result = planted
+    pre_p = write_nifti(pre.data, pre.affine, name="pre.nii.gz")
+    post_p = write_nifti(post.data, post.affine, name="post.nii.gz")
+    out = tmp_path / "out"
+
+    def gdlesion(*args):
+        code = "import sys; from gdlesion.cli import main; sys.argv[0] = 'gdlesion'; main()"
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+
+    done = gdlesion("inspect", pre_p, post_p, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert f"{result.lesion_count} enhancing lesion(s)" in done.stdout
+    assert done.stdout.rstrip().endswith(f"wrote {out}")  # flushed before the process ended
+    assert (out / "summary.json").is_file() and (out / "report.html").is_file()
+    refused = gdlesion("inspect", pre_p, post_p, "--out", out)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert gdlesion("inspect").returncode == 2  # usage error
+    assert gdlesion("--version").returncode == 0
+
+
 def test_cli_inspect_writes_its_files_before_printing(planted, tmp_path, write_nifti, monkeypatch):
     """A closed stdout (``gdlesion inspect ... | head``) stops the printing, not the files."""
     import errno

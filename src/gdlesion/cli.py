@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,10 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+#: Set when ``inspect`` has written and printed everything: the console script then ends the
+#: process without the interpreter's teardown (see :func:`main`).
+_done: dict[str, bool] = {"inspect": False}
 
 
 @contextlib.contextmanager
@@ -270,6 +276,7 @@ def inspect_command(
             console.print(table)
         if out is not None:
             console.print(Text(f"wrote {out}"))
+    _done["inspect"] = True
 
 # --- batch ----------------------------------------------------------------------------
 
@@ -501,8 +508,20 @@ def report_command(
 
 def main() -> None:
     """Entry point of the ``gdlesion`` console script."""
+    _done["inspect"] = False
     try:
         app()
+    except SystemExit as exc:
+        if not _done["inspect"]:
+            raise
+        # a finished inspect: its files are written and closed, no thread or child process
+        # is left, nothing was registered to run at exit; ending here skips the teardown of
+        # the imported libraries' modules and objects (~0.05 s on the Lesjak pairs)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
     finally:
         # the process ends here: spare the interpreter's final garbage collections over the
         # objects of every imported library (~0.5 s after an inspect, for nothing)
