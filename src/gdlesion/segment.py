@@ -22,7 +22,7 @@ from skimage.segmentation import watershed
 from ._morphology import regional_maxima
 from .blob import label_peaks, peak_blob_ratio
 from .params import DetectionParams, load_params
-from .preprocess import ball, equal_count_bins, per_bin_median
+from .preprocess import ball, equal_count_bins, interp_float32, per_bin_median
 
 __all__ = [
     "DetectionParams",
@@ -83,7 +83,7 @@ def conditional_spread(
     med[keep] = per_bin_median(y, idx, mid)
     spread = 1.4826 * per_bin_median(np.abs(y - med[idx]), idx, mid)
     centres, first = np.unique(centres, return_index=True)
-    return np.interp(guide, centres, spread[first]).astype(np.float32)
+    return interp_float32(guide, centres, spread[first])
 
 
 def enhancement_map(
