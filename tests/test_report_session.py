@@ -132,3 +132,17 @@ def test_enhancement_colours_are_matplotlibs_rdbu_r():
         assert np.array_equal(got, expected)
     assert np.array_equal(enhancement_rgb(np.array([[-1e3, 1e3]]), vmax=4.0),
                           enhancement_rgb(np.array([[-4.0, 4.0]]), vmax=4.0))
+
+
+def test_mean_index_equals_the_mean_of_nonzero():
+    import numpy as np
+
+    from gdlesion.report import _mean_index
+
+    rng = np.random.default_rng(3)
+    for shape in ((40, 50, 30), (7, 1, 9), (3, 4, 5)):
+        mask = rng.random(shape) < rng.uniform(0.05, 0.9)
+        mask.flat[0] = True
+        for view in (mask, mask[::-1, :, ::-1].transpose(2, 0, 1)):
+            expected = np.array(np.nonzero(view)).mean(axis=1)
+            assert np.array_equal(_mean_index(view), expected)

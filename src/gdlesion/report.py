@@ -235,17 +235,30 @@ class _Canonical:
     labels: np.ndarray
 
 
-def _registration_figures(c: _Canonical, encode: _Encode) -> dict[str, Any]:
+def _mean_index(mask: np.ndarray) -> np.ndarray:
+    """Return the mean of ``np.nonzero(mask)`` per axis, from per-axis counts (same values)."""
+    total = int(np.count_nonzero(mask))
+    centre = np.empty(mask.ndim)
+    for axis in range(mask.ndim):
+        counts = np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
+        # integer sums, then one correctly rounded division: the float mean of the indices
+        centre[axis] = int(np.dot(np.arange(counts.size, dtype=np.int64),
+                                  counts.astype(np.int64))) / total
+    return centre
+
+
+def _registration_figures(
+    c: _Canonical, encode: _Encode, *, post_w: tuple[float, float],
+    pre_w: tuple[float, float] | None,
+) -> dict[str, Any]:
     canon, mask_c, post_c = c.canon, c.mask, c.post
-    center = (np.array(np.nonzero(mask_c)).mean(axis=1) if mask_c is not None and mask_c.any()
+    center = (_mean_index(mask_c) if mask_c is not None and mask_c.any()
               else (np.array(post_c.shape) - 1) / 2.0)
-    post_w = rf.window(post_c, mask_c)
     post_planes = rf.plane_slices(post_c, canon.zooms, center)
     figs: dict[str, Any] = dict.fromkeys(_FIGURES, "")
     figs["post"] = encode(rf.hstack([rf.to_rgb(p, *post_w) for p in post_planes]))
-    if c.pre is not None:
+    if c.pre is not None and pre_w is not None:
         pre_planes = rf.plane_slices(c.pre, canon.zooms, center)
-        pre_w = rf.window(c.pre, mask_c)
         figs["pre"] = encode(rf.hstack([rf.to_rgb(p, *pre_w) for p in pre_planes]))
         figs["edges"] = encode(rf.hstack([
             rf.overlay_edges(rf.to_rgb(p, *post_w), q, rf.MAGENTA)
@@ -324,13 +337,16 @@ def session_context(view: SessionView) -> dict[str, Any]:
         enhancement=canon.view(view.enhancement) if view.enhancement is not None else None,
         labels=canon.view(view.labels),
     )
+    # display windows, shared by the registration figures and the lesion tiles
+    pre_w = rf.window(c.pre, c.mask) if c.pre is not None else None
+    post_w = rf.window(c.post, c.mask)
     layers, windows, names = [], [], []
-    if c.pre is not None:
+    if c.pre is not None and pre_w is not None:
         layers.append((c.pre, "gray"))
-        windows.append(rf.window(c.pre, c.mask))
+        windows.append(pre_w)
         names.append("pre (registered)")
     layers.append((c.post, "gray"))
-    windows.append(rf.window(c.post, c.mask))
+    windows.append(post_w)
     names.append("post")
     if c.enhancement is not None:
         layers.append((c.enhancement, "z"))
@@ -344,7 +360,7 @@ def session_context(view: SessionView) -> dict[str, Any]:
         def encode(rgb: np.ndarray) -> Future[str]:
             return pool.submit(rf.png_data_uri, rgb)
 
-        figures = _registration_figures(c, encode)
+        figures = _registration_figures(c, encode, post_w=post_w, pre_w=pre_w)
         lesions = _lesion_entries(canon, view.lesions, c.labels, layers, windows, rf.RED, encode)
         rejected = _lesion_entries(canon, view.rejected, rejected_c, layers, windows, rf.YELLOW,
                                    encode, max_images=MAX_REJECTED_IMAGES)
