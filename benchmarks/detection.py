@@ -415,9 +415,9 @@ def _own_foci(row, unmodified):
     base = unmodified.get(row["case"].replace("+ins", ""))
     if base is None or not base["lesions"]:
         return 0
-    xyz = [("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")]
-    theirs = np.array([[les[k] for k in xyz[0]] for les in base["lesions"]])
-    ours = {les["lesion_id"]: np.array([les[k] for k in xyz[0]]) for les in row["lesions"]}
+    keys = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
+    theirs = np.array([[les[k] for k in keys] for les in base["lesions"]])
+    ours = {les["lesion_id"]: np.array([les[k] for k in keys]) for les in row["lesions"]}
     return sum(
         1 for i in row["fp_ids"]
         if np.min(np.linalg.norm(theirs - ours[i], axis=1)) <= OWN_MM

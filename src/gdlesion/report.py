@@ -341,7 +341,7 @@ def session_context(view: SessionView) -> dict[str, Any]:
     pre_w = rf.window(c.pre, c.mask) if c.pre is not None else None
     post_w = rf.window(c.post, c.mask)
     layers, windows, names = [], [], []
-    if c.pre is not None and pre_w is not None:
+    if pre_w is not None:
         layers.append((c.pre, "gray"))
         windows.append(pre_w)
         names.append("pre (registered)")
