@@ -264,6 +264,23 @@ def test_save_volume_writes_the_file_nibabel_writes(tmp_path, rng, affine_obliqu
     assert again.read_bytes() == path.read_bytes()
 
 
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int16, np.float32, ">f8"])
+def test_fortran_order_bytes_are_numpys(rng, dtype):
+    from gdlesion.io import _fortran_order_bytes
+
+    # C- and F-ordered, strided and transposed views, other dimensions, an empty array
+    base = (rng.normal(size=(37, 11, 45)) * 50).astype(dtype)
+    cases = [
+        base, np.asfortranarray(base), base[::2, :, 3:], base.transpose(1, 0, 2),
+        np.ascontiguousarray(base[:, :, :1]), base[:, 0, :], base.reshape(37, 11, 5, 9),
+        base[:0], np.ascontiguousarray(base[:16, :5, :32]),
+    ]
+    for data in cases:
+        buf = _fortran_order_bytes(data)
+        assert bytes(buf) == data.tobytes(order="F"), (data.shape, data.strides)
+        assert buf.nbytes == data.nbytes
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old\n")

@@ -385,6 +385,18 @@ def save_volume(
     return path
 
 
+def _fortran_order_bytes(data: np.ndarray) -> memoryview:
+    """Return the voxels in NIfTI (Fortran) order: the bytes of ``data.tobytes(order="F")``.
+
+    ``tobytes(order="F")`` copies a C-ordered array element by element through
+    a generic iterator: 0.05-0.076 s for a 182x218x182 volume of uint8 to
+    float32, six times per ``inspect --out`` (the pipeline's volumes are
+    C-ordered). numpy's transposing array copy gives the same bytes in
+    0.012-0.019 s (tested); an F-ordered array is not copied at all.
+    """
+    return memoryview(np.ascontiguousarray(np.asarray(data).T).reshape(-1).view(np.uint8))
+
+
 #: Python's gzip header as nibabel writes it: no file name, mtime 0, level-1 flag, OS unknown.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 
@@ -395,7 +407,7 @@ def _nifti_gz_bytes(img: nib.Nifti1Image) -> bytes | None:
     nibabel's gzip writer compresses one slice at a time, taking the GIL for
     each: beside a busy thread (the QC figures) every slice waits for its turn.
     Here the header comes from nibabel's own code (the steps of
-    ``to_file_map``), the voxels are one ``tobytes(order="F")``, and one
+    ``to_file_map``), the voxels are one :func:`_fortran_order_bytes` buffer, and one
     ISA-L deflate at level 1 (``isal``: about 10x faster than zlib's level 1,
     and smaller files, on the Lesjak scans; ``benchmarks/compression.py``) is
     wrapped in Python's gzip framing. Decompressed, the file is byte for byte
@@ -418,9 +430,9 @@ def _nifti_gz_bytes(img: nib.Nifti1Image) -> bytes | None:
     head = io.BytesIO()
     hdr.write_to(head)
     header = head.getvalue().ljust(int(hdr.get_data_offset()), b"\x00")
-    voxels = data.tobytes(order="F")
+    voxels = _fortran_order_bytes(data)
     deflate = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
-    size = len(header) + len(voxels)
+    size = len(header) + voxels.nbytes
     return b"".join((
         _GZIP_HEADER, deflate.compress(header), deflate.compress(voxels), deflate.flush(),
         struct.pack("<II", isal_zlib.crc32(voxels, isal_zlib.crc32(header)), size & 0xFFFFFFFF),
