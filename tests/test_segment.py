@@ -451,12 +451,15 @@ def test_relabel_sequential_keeps_order_and_matches_a_unique_based_renumbering(r
     for dtype in (np.int32, np.int64, np.uint16):
         labels = rng.integers(0, 40, size=(9, 7, 5)).astype(dtype)
         labels[rng.random(labels.shape) < 0.6] = 0
-        present = np.unique(labels)
-        present = present[present > 0]
-        expected = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-        expected[present] = np.arange(1, present.size + 1)
-        out, n = relabel_sequential(labels)
-        assert n == present.size and out.dtype == np.int32
-        assert np.array_equal(out, expected[labels])
+        for view in (labels, np.asfortranarray(labels), labels[:, ::2], labels.transpose(2, 0, 1)):
+            kept = np.unique(view)
+            kept = kept[kept > 0]
+            lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+            lut[kept] = np.arange(1, kept.size + 1)
+            out, n = relabel_sequential(view)
+            assert n == kept.size and out.dtype == np.int32
+            assert np.array_equal(out, lut[view])
     empty, n_empty = relabel_sequential(np.zeros((3, 3, 3), dtype=np.int32))
     assert n_empty == 0 and not empty.any()
+    none, n_none = relabel_sequential(np.zeros((0, 3, 3), dtype=np.int32))
+    assert n_none == 0 and none.shape == (0, 3, 3)
