@@ -313,6 +313,31 @@ def test_console_script_exit_codes(planted, tmp_path, write_nifti):
     assert gdlesion("--version").returncode == 0
 
 
+def test_console_script_turns_numpy_huge_pages_off_unless_the_user_chose(monkeypatch):
+    """``main`` sets numpy's ``NUMPY_MADVISE_HUGEPAGE`` default before numpy is imported."""
+    import os
+    import subprocess
+    import sys
+
+    from gdlesion import cli
+
+    # numpy reads the switch when it is imported: importing the CLI module must not import it
+    code = "import sys, gdlesion.cli; print('numpy' in sys.modules, 'nibabel' in sys.modules)"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert fresh.stdout.split() == ["False", "False"]
+    # a value the user set is kept; without one, main sets "0"
+    for value in ("1", "0"):
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", value)
+        monkeypatch.setattr(sys, "argv", ["gdlesion", "--version"])
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == value
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"
+
+
 def test_cli_inspect_writes_its_files_before_printing(planted, tmp_path, write_nifti, monkeypatch):
     """A closed stdout (``gdlesion inspect ... | head``) stops the printing, not the files."""
     import errno

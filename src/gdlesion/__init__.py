@@ -14,16 +14,19 @@ from .errors import (
     RegistrationError,
     SegmentationError,
 )
-from .io import Volume, load_volume, save_volume
 from .params import DetectionParams, load_params
 
 if TYPE_CHECKING:
+    from .io import Volume, load_volume, save_volume
     from .pipeline import StudyResult, run_study, write_study_outputs
     from .registration import RegistrationResult, register_rigid
 
 #: Names imported from their module on first use: importing gdlesion (e.g. for the CLI) then
-#: does not load scipy, scikit-image and pandas before they are needed.
+#: does not load numpy, nibabel, scipy, scikit-image and pandas before they are needed.
 _LAZY = {
+    "Volume": "io",
+    "load_volume": "io",
+    "save_volume": "io",
     "StudyResult": "pipeline",
     "run_study": "pipeline",
     "write_study_outputs": "pipeline",

@@ -509,6 +509,14 @@ def report_command(
 def main() -> None:
     """Entry point of the ``gdlesion`` console script."""
     _done["inspect"] = False
+    # A study allocates and frees ~0.5 GB of short-lived volume-sized arrays. Where the kernel's
+    # transparent huge pages are in "madvise" mode, numpy asks for huge pages for every array of
+    # 4 MB or more, and a first touch can then wait for the kernel to compact memory into a 2 MB
+    # page. numpy's documented switch (read when numpy is imported, which has not happened yet:
+    # importing gdlesion.cli does not import it) turns that off for this process and its
+    # workers; a value the user set is kept. Measured on the Lesjak pairs: the same outputs,
+    # system time 0.83-0.95 -> 0.60-0.67 s, whole inspect -0.12 to -0.18 s (18 pairs of runs).
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     try:
         app()
     except SystemExit as exc:
