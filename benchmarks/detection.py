@@ -378,10 +378,10 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
-    # baseline and the whole CLI, interleaved (median of 3 each), each in a fresh process with
-    # nothing else running
+    # baseline and the whole CLI, interleaved (median of 5 each: single runs of either vary by
+    # +-0.3 s on the shared VM), each in a fresh process with nothing else running
     elastix_runs, cli_runs = [], []
-    for _ in range(3):
+    for _ in range(5):
         elastix_runs.append(elastix_seconds_in_subprocess(patients[0]))
         cli_runs.append(inspect_cli_seconds(patients[0]))
     elastix_s, cli_s = float(np.median(elastix_runs)), float(np.median(cli_runs))
