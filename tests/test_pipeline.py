@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -336,6 +337,30 @@ def test_console_script_turns_numpy_huge_pages_off_unless_the_user_chose(monkeyp
     with pytest.raises(SystemExit):
         cli.main()
     assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"
+
+
+def test_console_script_uses_one_malloc_arena_and_then_does_not_trim():
+    """The console script keeps all threads on glibc's main heap; the library alone does not."""
+    import subprocess
+
+    from gdlesion import _memory
+
+    def run(code):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        return dict(line.split("=", 1) for line in out if "=" in line)
+
+    spy = "calls = []\n_memory._TRIM = calls.append\n_memory.release_freed_memory()\n"
+    got = run("import sys; from gdlesion import _memory; from gdlesion.cli import main\n"
+              "print(f'before={_memory._ONE_ARENA[\"on\"]}')\n"
+              "sys.argv[:] = ['gdlesion', '--version']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print(f'after={_memory._ONE_ARENA[\"on\"]}')\n" + spy + "print(f'trims={calls}')")
+    glibc = _memory._MALLOPT is not None
+    assert got == {"before": "False", "after": str(glibc), "trims": "[]" if glibc else "[0]"}
+    # a library user's process keeps its arenas and the trimming between stages
+    got = run("from gdlesion import _memory\n" + spy + "print(f'trims={calls}')")
+    assert got == {"trims": "[0]"}
 
 
 def test_cli_inspect_writes_its_files_before_printing(planted, tmp_path, write_nifti, monkeypatch):
