@@ -318,9 +318,11 @@ def test_console_script_turns_numpy_huge_pages_off_unless_the_user_chose(monkeyp
     """``main`` sets numpy's ``NUMPY_MADVISE_HUGEPAGE`` default before numpy is imported."""
     import os
     import subprocess
-    import sys
 
     from gdlesion import cli
+
+    # main() is called in this process below: leave the test process's allocator as it is
+    monkeypatch.setattr("gdlesion._memory.use_one_arena", lambda: False)
 
     # numpy reads the switch when it is imported: importing the CLI module must not import it
     code = "import sys, gdlesion.cli; print('numpy' in sys.modules, 'nibabel' in sys.modules)"
