@@ -325,9 +325,12 @@ def test_console_script_turns_numpy_huge_pages_off_unless_the_user_chose(monkeyp
     monkeypatch.setattr("gdlesion._memory.use_one_arena", lambda: False)
 
     # numpy reads the switch when it is imported: importing the CLI module must not import it
-    code = "import sys, gdlesion.cli; print('numpy' in sys.modules, 'nibabel' in sys.modules)"
+    # (the package's I/O names are imported on first use)
+    code = ("import sys, gdlesion.cli; print('numpy' in sys.modules, 'nibabel' in sys.modules)\n"
+            "from gdlesion import Volume, load_volume, save_volume\n"
+            "print(Volume.__module__, load_volume.__module__, save_volume.__module__)")
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert fresh.stdout.split() == ["False", "False"]
+    assert fresh.stdout.split() == ["False", "False"] + ["gdlesion.io"] * 3
     # a value the user set is kept; without one, main sets "0"
     for value in ("1", "0"):
         monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", value)
