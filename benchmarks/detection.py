@@ -25,7 +25,8 @@ Cases (each study runs in its own fresh process, so its peak RSS is measured alo
 * ``tcga-atlas``: the glioma; Dice of the main (largest) lesion against label 4.
 
 Baseline measured in the same run: elastix's default rigid registration (itk-elastix) on the first
-Lesjak pair, against the whole ``run_study`` (registration + detection) on the same pair.
+Lesjak pair (five interleaved rounds; the other two pairs three rounds each), against the whole
+``gdlesion inspect --out`` process and ``run_study`` (registration + detection) on the same pair.
 A truth lesion is detected when a reported lesion overlaps it; a false positive is a reported
 lesion that overlaps no truth lesion (dilated by one voxel). On a Lesjak pair with inserted
 lesions, the false positives that the same pair without insertions also reports (centroid within
@@ -387,6 +388,12 @@ def main() -> None:
     elastix_s, cli_s = float(np.median(elastix_runs)), float(np.median(cli_runs))
     print(f"  elastix rigid {[round(v, 2) for v in elastix_runs]} s; "
           f"inspect CLI {[round(v, 2) for v in cli_runs]} s", flush=True)
+    # the other real pairs too (three rounds each): their vessel trees make the study slower
+    others = {}
+    for patient in patients[1:]:
+        runs = [(elastix_seconds_in_subprocess(patient), inspect_cli_seconds(patient))
+                for _ in range(3)]
+        others[patient] = tuple(float(np.median(v)) for v in zip(*runs, strict=True))
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         for case in cases:
             if case["kind"].startswith("sim"):
@@ -405,7 +412,7 @@ def main() -> None:
                 f"  done {row['case']}: {row['detections']} detections, {row['time_s']:.1f} s",
                 flush=True,
             )
-    report(rows, elastix_s, patients[0], cli_s)
+    report(rows, elastix_s, patients[0], cli_s, others)
 
 
 def _own_foci(row, unmodified):
@@ -424,7 +431,7 @@ def _own_foci(row, unmodified):
     )
 
 
-def report(rows, elastix_s, patient, cli_s=float("nan")):
+def report(rows, elastix_s, patient, cli_s=float("nan"), others=None):
     from statsmodels.stats.proportion import proportion_confint
 
     print(
@@ -505,6 +512,9 @@ def report(rows, elastix_s, patient, cli_s=float("nan")):
         f"whole `gdlesion inspect --out` CLI process: {cli_s:.1f} s "
         f"(ratio {cli_s / elastix_s:.2f})"
     )
+    for other, (e_s, c_s) in (others or {}).items():
+        print(f"  {other} (median of 3): elastix {e_s:.2f} s, CLI {c_s:.2f} s "
+              f"(ratio {c_s / e_s:.2f})")
     same = next((r for r in rows if r["case"] == f"lesjak-{patient[-2:]}"), None)
     if same is not None:  # --cases without the baseline pair
         print(
