@@ -463,3 +463,38 @@ def test_relabel_sequential_keeps_order_and_matches_a_unique_based_renumbering(r
     assert n_empty == 0 and not empty.any()
     none, n_none = relabel_sequential(np.zeros((0, 3, 3), dtype=np.int32))
     assert n_none == 0 and none.shape == (0, 3, 3)
+
+
+def test_context_features_equal_the_lesion_table_columns(rng):
+    """The pipeline's second pass measures only these columns: same values as the full table."""
+    from gdlesion.anatomy import anatomical_context
+    from gdlesion.measure import CONTEXT_COLUMNS, context_features, lesion_features
+
+    shape = (48, 40, 24)
+    zooms = np.array([0.9, 1.1, 2.0])
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag(zooms)
+    grid = np.indices(shape).astype(float)
+    mask = ((grid - np.array([24, 20, 12])[:, None, None, None]) ** 2
+            / np.array([22, 18, 11])[:, None, None, None] ** 2).sum(0) <= 1
+    post = np.where(mask, 400.0, 0.0) + rng.normal(0, 5, shape)
+    post[20:28, 17:23, 10:14] = 60.0  # a CSF-dark space beside two of the lesions
+    z = rng.normal(0, 1, shape).astype(np.float32)
+    labels = np.zeros(shape, dtype=np.int32)
+    for k, centre in enumerate([(12, 20, 12), (30, 12, 8), (24, 30, 15), (26, 24, 12)], start=1):
+        ball = _ball(shape, centre, 3) & mask
+        labels[ball] = k
+        z[ball] += 8.0 - 0.1 * ((grid[:, ball] - np.array(centre)[:, None]) ** 2).sum(0)
+    context = anatomical_context(labels, mask=mask, post=post, pre_mapped=post - 10,
+                                 zooms=zooms, csf_threshold=200.0)
+    table = lesion_features(labels, 4, affine=affine, z=z, residual=z * 10, nawm_level=400.0,
+                            context=context, edge_margin_mm=3.0, ventricle_margin_mm=2.0,
+                            mask=mask)
+    lazy = context_features(labels, 4, affine=affine, z=z, mask=mask, context=context,
+                            ventricle_margin_mm=2.0)
+    assert set(lazy) == set(CONTEXT_COLUMNS)
+    for col in CONTEXT_COLUMNS:
+        np.testing.assert_array_equal(lazy[col], table[col].to_numpy())
+    assert np.isfinite(table["conspicuity"]).all()
+    assert np.ptp(table["csf_distance_mm"].to_numpy()) > 0  # the dark box is a CSF space

@@ -8,6 +8,8 @@ small bounding box.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
@@ -18,7 +20,8 @@ from .blob import label_peaks, peak_blob_ratio
 from .preprocess import fill_holes
 
 __all__ = [
-    "LESION_COLUMNS", "FEATURE_COLUMNS", "lesion_features", "RING_HOLE_FRACTION", "conspicuity",
+    "LESION_COLUMNS", "FEATURE_COLUMNS", "CONTEXT_COLUMNS", "lesion_features", "context_features",
+    "RING_HOLE_FRACTION", "conspicuity",
 ]
 
 #: Columns of the lesion table, in order. Bounding boxes are voxel indices, both ends inclusive.
@@ -204,23 +207,84 @@ def lesion_features(
             "thickness_mm": thickness,
             "compactness": volume / (np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3),
             "blob_ratio": blob_ratio,
-            "conspicuity": (
-                conspicuity(labels, n, z, mask, zooms, peaks=np.asarray(max_z, dtype=np.float64))
-                if mask is not None else np.nan
-            ),
             "distance_to_surface_mm": np.asarray(
                 ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
             ),
             "edge_fraction": _sums(lab, n, (depth < edge_margin_mm).astype(np.float64)) / count,
-            "ventricle_fraction": _sums(
-                lab, n, (context.ventricle_distance_mm <= ventricle_margin_mm).astype(np.float64)
-            )
-            / count,
-            "csf_distance_mm": _median_by_label(context.csf_distance_mm[core], lab[core], n),
+            **_context_columns(
+                labels, n, lab=lab, count=count, core=core, max_z=np.asarray(max_z, np.float64),
+                z=z, mask=mask, zooms=zooms, context=context,
+                ventricle_margin_mm=ventricle_margin_mm,
+            ),
             "flair_z": (_sums(lab, n, flat(flair_z)) / count) if flair_z is not None else np.nan,
         }
     )
     return table[LESION_COLUMNS]
+
+
+#: The columns of :func:`lesion_features` that :func:`context_features` computes alone.
+CONTEXT_COLUMNS = ("conspicuity", "ventricle_fraction", "csf_distance_mm")
+
+
+def context_features(
+    labels: np.ndarray,
+    n: int,
+    *,
+    affine: np.ndarray,
+    z: np.ndarray,
+    mask: np.ndarray,
+    context: Context,
+    ventricle_margin_mm: float,
+) -> dict[str, np.ndarray]:
+    """Only the :data:`CONTEXT_COLUMNS` of :func:`lesion_features`, with the same values.
+
+    The pipeline measures every candidate without its anatomical context first;
+    the candidates that the shape rules keep then need only these columns
+    (conspicuity, ventricle fraction, distance to the CSF spaces), not the
+    per-lesion shape and blob measures again.
+
+    Returns
+    -------
+    dict
+        Column name to a float array of length ``n`` (label order).
+    """
+    if n == 0:
+        return {name: np.zeros(0) for name in CONTEXT_COLUMNS}
+    vox = np.flatnonzero(labels.ravel() > 0)
+    lab = labels.ravel()[vox].astype(np.int64)
+    zv = z.ravel()[vox].astype(np.float64)
+    max_z = np.asarray(ndi.maximum(zv, lab, index=np.arange(1, n + 1)), dtype=np.float64)
+    lin = affine[:3, :3]
+    return _context_columns(
+        labels, n, lab=lab, count=_sums(lab, n), core=zv >= 0.5 * max_z[lab - 1], max_z=max_z,
+        z=z, mask=mask, zooms=np.sqrt((lin**2).sum(axis=0)), context=context,
+        ventricle_margin_mm=ventricle_margin_mm,
+    )
+
+
+def _context_columns(
+    labels: np.ndarray,
+    n: int,
+    *,
+    lab: np.ndarray,
+    count: np.ndarray,
+    core: np.ndarray,
+    max_z: np.ndarray,
+    z: np.ndarray,
+    mask: np.ndarray | None,
+    zooms: np.ndarray,
+    context: Context,
+    ventricle_margin_mm: float,
+) -> dict[str, Any]:
+    """Conspicuity (NaN without ``mask``), ventricle fraction and CSF distance per label."""
+    beside = (context.ventricle_distance_mm <= ventricle_margin_mm).astype(np.float64)
+    return {
+        "conspicuity": (
+            conspicuity(labels, n, z, mask, zooms, peaks=max_z) if mask is not None else np.nan
+        ),
+        "ventricle_fraction": _sums(lab, n, beside) / count,
+        "csf_distance_mm": _median_by_label(context.csf_distance_mm[core], lab[core], n),
+    }
 
 
 #: Shell around a candidate (mm from its voxels) whose enhancement is its background.

@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 #: Lesion-table columns measured only for candidates that pass the size, strength and shape
-#: rules (NaN for the others in the rejected table): they need per-candidate distance maps.
+#: rules (NaN for the others in the rejected table): they need per-candidate distance maps
+#: (measured by :func:`gdlesion.measure.context_features`).
 LAZY_COLUMNS = ("conspicuity", "csf_distance_mm", "ventricle_fraction")
 SHAPE_REASONS = ("too_small", "faint", "vessel")
 
@@ -400,7 +401,7 @@ def _detect(
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
     from .anatomy import Context, anatomical_context, anatomy_maps
     from .blob import carve_thick_cores
-    from .measure import empty_table, lesion_features
+    from .measure import context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
     from .rules import apply_rules
     from .segment import enhancement_map, find_candidates, robust_sigma
@@ -458,9 +459,12 @@ def _detect(
             lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
             sub = lut[cand]
             context = anatomical_context(sub, zooms=zooms, maps=maps)
-            full = lesion_features(sub, int(ids.size), context=context, mask=mask_c, **kw)
+            lazy = context_features(
+                sub, int(ids.size), affine=kw["affine"], z=z, mask=mask_c, context=context,
+                ventricle_margin_mm=p.ventricle_margin_mm,
+            )
             for col in LAZY_COLUMNS:
-                table.loc[live, col] = full[col].to_numpy()
+                table.loc[live, col] = lazy[col]
             reasons = apply_rules(table, p)
         return table, reasons, nawm_level
 
