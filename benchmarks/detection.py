@@ -255,16 +255,13 @@ def atlas_label_on_native(label: np.ndarray, native_post) -> np.ndarray:
     native-to-atlas world map, and the mask is resampled linearly and thresholded at 0.5.
     """
     from gdlesion.io import load_volume
-    from gdlesion.registration import register_rigid
+    from gdlesion.registration import register_rigid, resample_volume
 
     atlas = load_volume(DATA / "tcga_fg_6692" / "atlas" / "T1w_post_gad_brain.nii.gz")
     reg = register_rigid(atlas, native_post)
-    ijk = np.indices(native_post.shape).reshape(3, -1).astype(np.float64)
-    world = native_post.affine[:3, :3] @ ijk + native_post.affine[:3, 3:4]
-    to_atlas = np.linalg.inv(atlas.affine) @ np.asarray(reg.matrix_ras)
-    vox = to_atlas[:3, :3] @ world + to_atlas[:3, 3:4]
-    mapped = ndi.map_coordinates(label.astype(np.float32), vox, order=1, cval=0.0)
-    return mapped.reshape(native_post.shape) >= 0.5
+    mapped = resample_volume(atlas.with_data(label.astype(np.float32)), native_post,
+                             reg.matrix_ras)
+    return np.asarray(mapped.data) >= 0.5
 
 
 def _simulate(case: dict) -> None:
