@@ -498,3 +498,32 @@ def test_context_features_equal_the_lesion_table_columns(rng):
         np.testing.assert_array_equal(lazy[col], table[col].to_numpy())
     assert np.isfinite(table["conspicuity"]).all()
     assert np.ptp(table["csf_distance_mm"].to_numpy()) > 0  # the dark box is a CSF space
+
+
+def test_shift_tolerance_ignores_a_displaced_edge_but_keeps_new_enhancement(rng):
+    """A bright structure moved by one voxel in the pre scan is no enhancement with
+    ``shift_tolerance_mm``; a blob absent from the pre scan stays at full strength."""
+    from gdlesion.segment import enhancement_map
+
+    shape = (60, 60, 12)
+    zooms = np.array([0.9, 0.9, 5.5])
+    grid = np.indices(shape).astype(float)
+    mask = np.zeros(shape, dtype=bool)
+    mask[5:55, 5:55, 2:10] = True
+    pre = np.where(mask, 400.0, 0.0) + rng.normal(0, 4, shape)
+    pre[10:20, 10:50, 2:10] += 200.0  # a bright band (grey matter, a sinus)
+    post = np.where(mask, 400.0, 0.0) + rng.normal(0, 4, shape)
+    post[11:21, 10:50, 2:10] += 200.0  # the same band, registered 0.9 mm off
+    blob = ((grid - np.array([40, 30, 6])[:, None, None, None]) ** 2
+            * (zooms**2)[:, None, None, None]).sum(0) <= 3.0**2
+    post[blob] += 120.0  # new enhancement, 30 %
+    plain = load_params("clinical-2d").replace(shift_tolerance_mm=0.0)
+    z_plain, r_plain, _ = enhancement_map(post, pre, mask, zooms, params=plain)
+    z_shift, r_shift, _ = enhancement_map(post, pre, mask, zooms,
+                                          params=load_params("clinical-2d"))
+    edge = np.zeros(shape, dtype=bool)
+    edge[20, 12:48, 3:9] = True  # where the band moved in
+    assert z_plain[edge].max() >= 6.0  # without the tolerance the moved edge "enhances"
+    assert z_shift[edge].max() < 3.0
+    assert r_shift[blob].max() >= 0.9 * r_plain[blob].max()  # amplitude (intensity units)
+    assert z_shift[blob].max() >= 10.0

@@ -98,7 +98,10 @@ def enhancement_map(
 
     The residual ``post - pre_mapped`` (pre already mapped to post intensities)
     is smoothed by a Gaussian of ``params.smoothing_mm``; its median and MAD in
-    the brain give the noise ``sigma``. A sub-voxel misregistration by ``d`` mm
+    the brain give the noise ``sigma``. With ``params.shift_tolerance_mm > 0``
+    the residual is instead the smoothed post minus the grey dilation of the
+    smoothed ``pre_mapped`` by a ball of that radius (the brightest pre value
+    within reach: a displaced structure leaves no residual). A sub-voxel misregistration by ``d`` mm
     produces a residual of about ``d * |grad pre|`` at an edge, so each voxel is
     divided by ``sqrt(sigma**2 + (params.misregistration_mm * |grad pre|)**2)``:
     in flat tissue the map is the plain z-score, at tissue edges an edge
@@ -115,8 +118,14 @@ def enhancement_map(
         the noise level in post-scan intensity units.
     """
     sig_vox = params.smoothing_mm / zooms
-    resid = post - pre_mapped
-    resid = ndi.gaussian_filter(resid, sigma=sig_vox, output=np.float32)
+    if params.shift_tolerance_mm > 0:
+        resid = ndi.gaussian_filter(post, sigma=sig_vox, output=np.float32)
+        pre_s = ndi.gaussian_filter(pre_mapped, sigma=sig_vox, output=np.float32)
+        resid -= ndi.grey_dilation(pre_s, footprint=ball(params.shift_tolerance_mm, zooms))
+        del pre_s
+    else:
+        resid = post - pre_mapped
+        resid = ndi.gaussian_filter(resid, sigma=sig_vox, output=np.float32)
     med, sigma = robust_sigma(resid[mask])
     resid -= med
     grad2 = np.zeros_like(resid)
