@@ -83,9 +83,10 @@ class DetectionParams:
         rigid matrix removes. On 60 simulated 2-D heads without FLAIR (seeds
         1000-1039, 1000-1019 with zeroed air) false detections 24 -> 9 and
         lesions >= 3 mm found 223 instead of 224 of 282; on the four
-        ``sample_data`` sessions one 5.8 mm lesion enhancing by 27 % is lost.
-        On 1 mm Lesjak pairs it adds detections (0.67 -> 1.33 per unmodified
-        scan) and is off.
+        ``sample_data`` sessions two faint lesions are lost (5.8 mm enhancing
+        by 27 %, 2.8 mm) and one false detection is added. On 1 mm Lesjak
+        pairs it adds detections (0.67 -> 1.33 per unmodified scan) and is
+        off.
     noise_guide_mm : float
         Noise is estimated per tissue intensity: the robust spread of the
         enhancement map is measured in 32 equal-count bins of the registered

@@ -101,9 +101,11 @@ def enhancement_map(
     the brain give the noise ``sigma``. With ``params.shift_tolerance_mm > 0``
     the residual is instead the smoothed post minus the grey dilation of the
     smoothed ``pre_mapped`` by a ball of that radius (the brightest pre value
-    within reach: a displaced structure leaves no residual). A sub-voxel misregistration by ``d`` mm
-    produces a residual of about ``d * |grad pre|`` at an edge, so each voxel is
-    divided by ``sqrt(sigma**2 + (params.misregistration_mm * |grad pre|)**2)``:
+    within reach: a displaced structure leaves no residual).
+
+    A sub-voxel misregistration by ``d`` mm produces a residual of about
+    ``d * |grad pre|`` at an edge, so each voxel is divided by
+    ``sqrt(sigma**2 + (params.misregistration_mm * |grad pre|)**2)``:
     in flat tissue the map is the plain z-score, at tissue edges an edge
     artefact no longer looks like enhancement. With ``params.noise_guide_mm > 0``
     the map is then divided by its own robust spread per tissue intensity
