@@ -45,10 +45,6 @@ __all__ = [
     "STAGES",
 ]
 
-#: Lesion-table columns measured only for candidates that pass the size, strength and shape
-#: rules (NaN for the others in the rejected table): they need per-candidate distance maps
-#: (measured by :func:`gdlesion.measure.context_features`).
-LAZY_COLUMNS = ("conspicuity", "csf_distance_mm", "ventricle_fraction")
 SHAPE_REASONS = ("too_small", "faint", "vessel")
 
 #: Below this correlation of the registered pre scan with the post scan (and above
@@ -401,7 +397,7 @@ def _detect(
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
     from .anatomy import Context, anatomical_context, anatomy_maps
     from .blob import carve_thick_cores
-    from .measure import context_features, empty_table, lesion_features
+    from .measure import CONTEXT_COLUMNS, context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
     from .rules import apply_rules
     from .segment import enhancement_map, find_candidates, robust_sigma
@@ -450,7 +446,9 @@ def _detect(
         blank = np.full(flat.size, np.nan)
         light = Context(maps.depth_mm.ravel()[flat], blank, blank)
         table = lesion_features(cand, n, context=light, **kw)
-        table[list(LAZY_COLUMNS)] = np.nan
+        # the context columns need per-candidate distance maps: measured only for candidates
+        # that pass the size, strength and shape rules (NaN for the others in the rejected table)
+        table[list(CONTEXT_COLUMNS)] = np.nan
         reasons = apply_rules(table, p)
         live = ~np.isin(reasons, SHAPE_REASONS)
         if live.any():
@@ -463,7 +461,7 @@ def _detect(
                 sub, int(ids.size), affine=kw["affine"], z=z, mask=mask_c, context=context,
                 ventricle_margin_mm=p.ventricle_margin_mm,
             )
-            for col in LAZY_COLUMNS:
+            for col in CONTEXT_COLUMNS:
                 table.loc[live, col] = lazy[col]
             reasons = apply_rules(table, p)
         return table, reasons, nawm_level

@@ -130,21 +130,24 @@ def enhancement_map(
         resid = ndi.gaussian_filter(resid, sigma=sig_vox, output=np.float32)
     med, sigma = robust_sigma(resid[mask])
     resid -= med
-    grad2 = np.zeros_like(resid)
-    for axis in range(3):
-        order = [0, 0, 0]
-        order[axis] = 1
-        d = ndi.gaussian_filter(
-            pre_mapped, sigma=np.maximum(sig_vox, 0.5), order=order, output=np.float32
-        )
-        d /= np.float32(zooms[axis])
-        grad2 += d * d
-    del d
-    grad2 *= np.float32(params.misregistration_mm**2)
-    grad2 += np.float32(sigma**2)
-    np.sqrt(grad2, out=grad2)
-    z = resid / grad2
-    del grad2
+    if params.misregistration_mm > 0:
+        grad2 = np.zeros_like(resid)
+        for axis in range(3):
+            order = [0, 0, 0]
+            order[axis] = 1
+            d = ndi.gaussian_filter(
+                pre_mapped, sigma=np.maximum(sig_vox, 0.5), order=order, output=np.float32
+            )
+            d /= np.float32(zooms[axis])
+            grad2 += d * d
+        del d
+        grad2 *= np.float32(params.misregistration_mm**2)
+        grad2 += np.float32(sigma**2)
+        np.sqrt(grad2, out=grad2)
+        z = resid / grad2
+        del grad2
+    else:  # no gradient allowance (clinical-2d): the same values, without three filters
+        z = resid / np.sqrt(np.float32(sigma**2))
     if params.noise_guide_mm > 0:
         guide = ndi.gaussian_filter(
             pre_mapped, sigma=params.noise_guide_mm / zooms, output=np.float32
