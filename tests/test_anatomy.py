@@ -22,3 +22,43 @@ def test_depth_is_scipys_exact_distance_bit_for_bit(rng, zooms):
         expected = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
         assert maps.depth_mm.dtype == np.float64
         np.testing.assert_array_equal(maps.depth_mm, expected)
+
+
+def _pockets():
+    """A brain ball with a sulcus open to the outside and two enclosed dark pockets.
+
+    On the pre scan all three are dark (CSF class). On the post scan the first pocket
+    stays dark but holds a small bright "plexus" (a ventricle); the second is filled by
+    contrast (a T1-hypointense enhancing lesion).
+    """
+    shape = (60, 60, 60)
+    zooms = np.ones(3)
+    grid = np.indices(shape) - 30
+    r = np.sqrt((grid**2).sum(0))
+    mask = r <= 26
+    pre = np.where(mask, 100.0, 0.0).astype(np.float32)
+    sulcus = mask & (np.abs(grid[0]) <= 1) & (grid[1] > 12)
+    ventricle = np.sqrt(((grid - np.array([-10, 0, 0])[:, None, None, None]) ** 2).sum(0)) <= 6
+    lesion = np.sqrt(((grid - np.array([10, -8, 0])[:, None, None, None]) ** 2).sum(0)) <= 4
+    plexus = np.sqrt(((grid - np.array([-10, 0, 0])[:, None, None, None]) ** 2).sum(0)) <= 2.5
+    for region in (sulcus, ventricle, lesion):
+        pre[region] = 20.0
+    post = pre.copy()
+    post[plexus] = 180.0
+    post[lesion] = 150.0
+    return mask, pre, post, zooms, sulcus, ventricle, lesion, plexus
+
+
+def test_enclosed_pocket_filled_by_contrast_is_not_csf_space():
+    from gdlesion.anatomy import csf_space
+
+    mask, pre, post, zooms, sulcus, ventricle, lesion, plexus = _pockets()
+    without = csf_space(pre, mask, zooms, csf_threshold=60.0)
+    assert without[lesion].all() and without[ventricle].all()  # pre scan alone: all dark
+    space = anatomy_maps(mask=mask, post=post, pre_mapped=pre, zooms=zooms,
+                         csf_threshold=60.0).csf_space
+    assert space[sulcus].all()  # open to the outside of the brain
+    assert space[ventricle].all() and space[plexus].all()  # mostly dark on post too
+    assert not space[lesion].any()  # the contrast fills it: tissue, not CSF
+    deep = ndi.binary_erosion(mask, iterations=3)
+    assert not space[deep & (np.indices(mask.shape)[0] > 40)].any()  # plain tissue

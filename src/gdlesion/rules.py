@@ -236,6 +236,9 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     as in it). A parenchymal lesion's core lies in tissue: rejected when the
     median distance is at most ``max_csf_distance_mm`` (1 mm: the core is in the
     space or in the voxel layer touching it, where vessels on a sulcal wall sit).
+    A dark pocket enclosed by tissue that the contrast fills (a lesion that is
+    T1-hypointense on the pre scan) is not CSF space
+    (:data:`gdlesion.anatomy.ENCLOSED_MIN_DARK_FRACTION`).
     """
     return (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
 
