@@ -62,3 +62,18 @@ def test_enclosed_pocket_filled_by_contrast_is_not_csf_space():
     assert not space[lesion].any()  # the contrast fills it: tissue, not CSF
     deep = ndi.binary_erosion(mask, iterations=3)
     assert not space[deep & (np.indices(mask.shape)[0] > 40)].any()  # plain tissue
+
+
+def test_filled_pocket_beside_the_ventricles_stays_csf_space():
+    from gdlesion.anatomy import csf_space
+
+    mask, pre, post, zooms, sulcus, ventricle, lesion, plexus = _pockets()
+    beside = np.zeros_like(mask)
+    beside[46:49, 20:25, 28:33] = True  # a "ventricle" 2 mm from the filled pocket's edge
+    assert not (beside & lesion).any()
+    kept = csf_space(pre, mask, zooms, csf_threshold=60.0, post=post, ventricles=beside)
+    assert kept[lesion].all()
+    far = np.zeros_like(mask)
+    far[28:33, 45:48, 28:33] = True
+    assert not csf_space(pre, mask, zooms, csf_threshold=60.0, post=post, ventricles=far)[
+        lesion].any()
