@@ -106,8 +106,9 @@ def csf_space(
     With ``post`` (the post scan on the same grid), a dark pocket enclosed by
     brain tissue (a 6-connected component of that space that does not reach
     the outside of the mask) counts only if at least ``min_dark_fraction`` of
-    its voxels stay below the threshold on the post scan, or if it lies within
-    ``ventricle_margin_mm`` of ``ventricles`` (when given): CSF does not enhance,
+    its voxels stay below the threshold on the post scan, or if it reaches the
+    box of half-width ``ventricle_margin_mm`` (rounded down to whole voxels per
+    axis) around a voxel of ``ventricles`` (when given): CSF does not enhance,
     while an enhancing lesion that is T1-hypointense on the pre scan (common in
     active MS lesions) is a dark pocket that the contrast fills. The choroid
     plexus can fill a piece of a ventricle that thick slices cut off from the
@@ -129,8 +130,11 @@ def csf_space(
     dark = np.bincount(lab[post < csf_threshold], minlength=n + 1)
     keep |= dark >= min_dark_fraction * np.bincount(lab.ravel(), minlength=n + 1)
     if ventricles is not None and ventricles.any():  # plexus filling a piece of a ventricle
-        near = ndi.binary_dilation(ventricles, ball(ventricle_margin_mm, zooms))
-        keep[np.unique(lab[near])] = True
+        # the box that holds the ball of ventricle_margin_mm (a separable maximum filter,
+        # a third of the time of the ball's binary dilation on a 1 mm brain)
+        size = ball(ventricle_margin_mm, zooms).shape
+        near = ndi.maximum_filter(np.asarray(ventricles, dtype=bool).view(np.uint8), size=size)
+        keep[np.unique(lab[near > 0])] = True
     keep[0] = False
     return keep[lab]
 
