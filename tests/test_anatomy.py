@@ -34,13 +34,16 @@ def _pockets():
     shape = (60, 60, 60)
     zooms = np.ones(3)
     grid = np.indices(shape) - 30
-    r = np.sqrt((grid**2).sum(0))
-    mask = r <= 26
+
+    def sphere(centre, radius):
+        return np.sqrt(((grid - np.array(centre)[:, None, None, None]) ** 2).sum(0)) <= radius
+
+    mask = sphere((0, 0, 0), 26)
     pre = np.where(mask, 100.0, 0.0).astype(np.float32)
     sulcus = mask & (np.abs(grid[0]) <= 1) & (grid[1] > 12)
-    ventricle = np.sqrt(((grid - np.array([-10, 0, 0])[:, None, None, None]) ** 2).sum(0)) <= 6
-    lesion = np.sqrt(((grid - np.array([10, -8, 0])[:, None, None, None]) ** 2).sum(0)) <= 4
-    plexus = np.sqrt(((grid - np.array([-10, 0, 0])[:, None, None, None]) ** 2).sum(0)) <= 2.5
+    ventricle = sphere((-10, 0, 0), 6)
+    lesion = sphere((10, -8, 0), 4)
+    plexus = sphere((-10, 0, 0), 2.5)
     for region in (sulcus, ventricle, lesion):
         pre[region] = 20.0
     post = pre.copy()

@@ -187,12 +187,18 @@ def anatomy_maps(
     pre_mapped: np.ndarray,
     zooms: np.ndarray,
     csf_threshold: float,
+    ventricle_margin_mm: float = 2.0,
 ) -> AnatomyMaps:
-    """Depth below the brain surface, CSF spaces and ventricles (computed once per study)."""
+    """Depth below the brain surface, CSF spaces and ventricles (computed once per study).
+
+    ``ventricle_margin_mm`` is the study's ``DetectionParams.ventricle_margin_mm``: the
+    neighbourhood of the ventricles that the choroid-plexus rule uses is also the one in
+    which an enclosed dark pocket stays CSF space (:func:`csf_space`).
+    """
     depth = _depth_mm(mask, zooms)
     vent = ventricle_mask(post, mask, zooms, csf_threshold=csf_threshold)
     space = csf_space(pre_mapped, mask, zooms, csf_threshold=csf_threshold, post=post,
-                      ventricles=vent)
+                      ventricles=vent, ventricle_margin_mm=ventricle_margin_mm)
     return AnatomyMaps(depth, space, vent)
 
 

@@ -414,7 +414,7 @@ def _detect(
     with _executor(threads) as pool:
         maps_job = pool.submit(
             anatomy_maps, mask=mask_c, post=post_c, pre_mapped=pre_mapped, zooms=zooms,
-            csf_threshold=csf_gm,
+            csf_threshold=csf_gm, ventricle_margin_mm=p.ventricle_margin_mm,
         )
         z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
         residual = post_c - pre_mapped
