@@ -366,6 +366,23 @@ def test_faint_rule_inclusive_and_off_in_clinical_2d():
     assert load_params("flair").min_enhancement_pct == 20.0
 
 
+def test_faint_rule_lets_a_significant_round_nodule_enhance_from_20_percent():
+    p = DetectionParams()  # 25 %, 20 % for a compact, round, strongly significant nodule
+    nodule = {"max_z": 8.0, "blob_ratio": 0.6, "compactness": 2.0, "conspicuity": 5.0}
+    assert apply_rules(_table(max_enhancement_pct=20.0, **nodule), p).tolist() == [""]
+    assert apply_rules(_table(max_enhancement_pct=19.9, **nodule), p).tolist() == ["faint"]
+    # each condition is needed: weakly significant, flat peak, extended shell, ring
+    for change in ({"max_z": 7.9}, {"blob_ratio": 0.59}, {"compactness": 6.0},
+                   {"pattern": "ring"}):
+        table = _table(max_enhancement_pct=22.0, **dict(nodule, **change))
+        assert apply_rules(table, p).tolist() == ["faint"], change
+    assert apply_rules(_table(max_enhancement_pct=25.0, max_z=5.0), p).tolist() == [""]
+    # at or above min_enhancement_pct the exemption changes nothing
+    same = DetectionParams(min_enhancement_pct_nodule=25.0)
+    assert apply_rules(_table(max_enhancement_pct=22.0, **nodule), same).tolist() == ["faint"]
+    assert load_params("default").min_enhancement_pct_nodule == 20.0
+
+
 def test_conspicuity_isolated_focus_versus_a_field_of_similar_foci():
     from gdlesion.measure import conspicuity
 

@@ -152,6 +152,13 @@ class DetectionParams:
         (``noise_guide_mm``) statistically significant but faint enhancement
         reaches the seed level; every lesion planted with 20-60 % enhancement
         in the Lesjak pairs that is found peaks at 26 % or more.
+    min_enhancement_pct_nodule : float
+        The level for a compact nodule whose peak is round enough
+        (``blob_ratio >= elongated_blob_ratio``) and strongly significant
+        (``max_z >= round_min_z``): 20 (the ``flair`` preset's level) instead
+        of 25, so that a faint small lesion (simulated at 15-25 %) is kept
+        (:func:`gdlesion.rules.faint`). At or above ``min_enhancement_pct`` it
+        changes nothing (every preset but the default).
     split_saddle_ratio : float
         Touching foci are split when the enhancement between two peaks falls
         below this fraction of the lower peak (0 disables splitting).
@@ -295,6 +302,7 @@ class DetectionParams:
     regrow_radius_mm: float = 4.0
     min_volume_mm3: float = 6.0
     min_enhancement_pct: float = 25.0
+    min_enhancement_pct_nodule: float = 20.0
     split_saddle_ratio: float = 0.4
     vessel_elongation: float = 3.0
     vessel_min_length_mm: float = 6.0
