@@ -249,6 +249,13 @@ class DetectionParams:
         ``ventricle_margin_mm`` of a ventricle are rejected as choroid plexus.
         Periventricular MS lesions extend away from the ventricle, so less
         than half of their voxels lie in that band.
+    plexus_nodule_blob_ratio, plexus_nodule_csf_mm : float
+        A small periventricular lesion lies wholly within ``ventricle_margin_mm``
+        of the ventricle. A non-ring candidate whose peak is round (``blob_ratio
+        >= plexus_nodule_blob_ratio``, 0.5), strongly significant (``max_z >=
+        round_min_z``) and whose core lies in tissue (``csf_distance_mm >=
+        plexus_nodule_csf_mm``, 2 mm) is not choroid plexus, whose peaks are
+        tube-like (:func:`gdlesion.rules.choroid_plexus`). 0 disables it.
     max_csf_distance_mm : float
         A candidate whose enhancing core lies at most this far (median, mm,
         inclusive) from CSF spaces (sulci, cisterns, ventricles, outside the
@@ -324,6 +331,8 @@ class DetectionParams:
     edge_round_conspicuity: float = 4.5
     ventricle_margin_mm: float = 2.0
     ventricle_fraction: float = 0.5
+    plexus_nodule_blob_ratio: float = 0.5
+    plexus_nodule_csf_mm: float = 2.0
     max_csf_distance_mm: float = 1.0
     flair_min_z: float = 0.5
     flair_exempt_z: float = 0.0
