@@ -204,6 +204,12 @@ def _table(**values):
          "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),
         ({"csf_distance_mm": 1.1}, ""),
+        # a strongly significant ring: its non-enhancing core is dark like CSF
+        ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 8.0}, ""),
+        ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 7.99}, "csf_space"),
+        ({"csf_distance_mm": 0.0, "max_z": 8.0}, "csf_space"),
+        ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 8.0, "blob_ratio": np.nan},
+         "csf_space"),
         ({"flair_z": 0.45}, "no_flair_lesion"),
         ({"flair_z": 0.5}, ""),
         ({"max_enhancement_pct": 24.9}, "faint"),

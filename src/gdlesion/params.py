@@ -261,6 +261,11 @@ class DetectionParams:
         inclusive) from CSF spaces (sulci, cisterns, ventricles, outside the
         brain), where veins and choroid plexus run, is rejected (see
         :func:`gdlesion.rules.csf_space`).
+    csf_ring_min_z : float
+        A ring-enhancing candidate (3-D grids: finite ``blob_ratio``) peaking at
+        ``max_z >= csf_ring_min_z`` (8) is exempt from that rule: the core of a
+        ring lesion does not enhance and is dark on both scans like CSF, and
+        beside a ventricle or a sulcus it joins that space. 0 disables it.
     flair_min_z : float
         With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
         this many robust standard deviations above the brain median. Measured
@@ -334,6 +339,7 @@ class DetectionParams:
     plexus_nodule_blob_ratio: float = 0.5
     plexus_nodule_csf_mm: float = 2.0
     max_csf_distance_mm: float = 1.0
+    csf_ring_min_z: float = 8.0
     flair_min_z: float = 0.5
     flair_exempt_z: float = 0.0
     brain_opening_mm: float = 5.0
