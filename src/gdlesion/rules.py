@@ -271,9 +271,9 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     preset) and on the unmodified Lesjak pairs and the TCGA atlas pair (default
     and ``flair`` presets) the rule's only rejections were three ring lesions
     (6.2, 13 and 13.9 mm, z 41-91; two beside a ventricle, one beside a
-    sulcus); see ``benchmarks/README.md``. Not
-    on thick slices, where a ring is not resolved (``clinical-2d``, NaN blob
-    ratio). ``csf_ring_min_z`` 0 disables the exemption.
+    sulcus); see ``benchmarks/README.md``. Not on thick slices, where a ring
+    is not resolved (``clinical-2d``, NaN blob ratio). ``csf_ring_min_z`` 0
+    disables the exemption.
     """
     near = (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
     if p.csf_ring_min_z <= 0:
