@@ -105,3 +105,66 @@ def test_carve_thick_cores_separates_a_nodule_from_the_vein_it_touches():
     same, n_same, changed_same = carve_thick_cores(tube.astype(np.int32), np.array([1]), zooms,
                                                    radius_mm=2.0)
     assert not changed_same and n_same == 1 and np.array_equal(same, tube)
+
+
+def _vein_with_nodule(nodule_peak: float, vein_peak: float = 60.0):
+    """A bright straight vein (radius 1.2 mm) with a fainter ball (radius 3 mm) on its side.
+
+    The enhancement dips only to ~0.9 of the nodule's peak between the two, so the
+    watershed split of touching lesions (saddle ratio 0.4) keeps them together.
+    """
+    from scipy import ndimage as ndi
+
+    grid = np.indices((60, 40, 40)).astype(float)
+    tube = ((grid[1] - 20) ** 2 + (grid[2] - 20) ** 2 <= 1.2**2) & (grid[0] >= 5) & (grid[0] < 55)
+    ball = ((grid - np.array([30, 20, 25.0])[:, None, None, None]) ** 2).sum(0) <= 3.0**2
+    vein = ndi.gaussian_filter(tube.astype(float), 1.0)
+    nodule = ndi.gaussian_filter(ball.astype(float), 1.0)
+    image = vein * (vein_peak / vein.max()) + nodule * (nodule_peak / nodule.max())
+    labels = (image > 3.0).astype(np.int32)
+    return image, labels, ball, tube
+
+
+def test_split_round_peaks_cuts_a_nodule_out_of_a_brighter_vein():
+    from gdlesion.blob import split_round_peaks
+
+    zooms = np.ones(3)
+    image, labels, ball, tube = _vein_with_nodule(20.0)
+    assert labels[ball].all() and ndi_label_count(labels) == 1
+    out, n, changed = split_round_peaks(labels, np.array([1]), image, image, zooms,
+                                        min_blob_ratio=0.6, min_z=8.0)
+    assert changed and n >= 2
+    piece = np.bincount(out[ball]).argmax()
+    assert piece > 1  # a new candidate, numbered after the original
+    assert (out == piece).sum() >= 0.5 * ball.sum()
+    assert (out[tube & ~ball] == piece).mean() < 0.05
+    assert (out[tube & ~ball] == 1).mean() > 0.9  # the vein keeps its label
+    # inclusive z limit; above the nodule's peak nothing is cut
+    peak = float(image[30, 20, 25])  # the nodule's own maximum
+    _, _, at_limit = split_round_peaks(labels, np.array([1]), image, image, zooms,
+                                       min_blob_ratio=0.6, min_z=peak)
+    _, _, above = split_round_peaks(labels, np.array([1]), image, image, zooms,
+                                    min_blob_ratio=0.6, min_z=peak + 0.1)
+    assert at_limit and not above
+
+
+def test_split_round_peaks_leaves_a_bare_vein_alone():
+    from gdlesion.blob import split_round_peaks
+
+    image, labels, _, tube = _vein_with_nodule(0.0)
+    labels = (tube & (image > 3.0)).astype(np.int32)
+    # a vein's local maxima are tubes (blob ratio near 0): nothing is cut
+    out, n, changed = split_round_peaks(labels, np.array([1]), image, image, np.ones(3),
+                                        min_blob_ratio=0.6, min_z=8.0)
+    assert not changed and n == 1 and np.array_equal(out, labels)
+    # only the listed candidates are examined
+    image, labels, _, _ = _vein_with_nodule(20.0)
+    out, _, changed = split_round_peaks(labels, np.array([2]), image, image, np.ones(3),
+                                        min_blob_ratio=0.6, min_z=8.0)
+    assert not changed and np.array_equal(out, labels)
+
+
+def ndi_label_count(labels: np.ndarray) -> int:
+    from scipy import ndimage as ndi
+
+    return int(ndi.label(labels > 0)[1])

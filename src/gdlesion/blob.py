@@ -30,7 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_VOXEL_MM", "SCALES_MM", "carve_thick_cores", "label_peaks", "peak_blob_ratio"]
+__all__ = [
+    "MAX_VOXEL_MM",
+    "SCALES_MM",
+    "carve_thick_cores",
+    "label_peaks",
+    "peak_blob_ratio",
+    "split_round_peaks",
+]
 
 #: Gaussian scales (sigma, mm) at which the Hessian is evaluated: lesions of 3 to ~14 mm.
 SCALES_MM = (1.0, 1.5, 2.0, 3.0)
@@ -211,3 +218,90 @@ def carve_thick_cores(
         changed = True
     labels_out, n = relabel_sequential(out)
     return labels_out, n, changed
+
+
+def split_round_peaks(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    z: np.ndarray,
+    residual: np.ndarray,
+    zooms: np.ndarray,
+    *,
+    min_blob_ratio: float,
+    min_z: float,
+) -> tuple[np.ndarray, int, bool]:
+    """Cut the round, strongly significant peaks out of the given candidates.
+
+    A lesion that touches an enhancing vein thinner than itself, or a lesion
+    barely thicker than the vein, is not separated by
+    :func:`carve_thick_cores`, and when the vein is the brighter of the two
+    the watershed split of :func:`gdlesion.segment.split_touching` does not
+    cut them either (the enhancement does not dip between them). The lesion
+    still has its own local maximum, and there the enhancement is a ball
+    rather than a tube. In each candidate the local maxima of ``z`` (at least
+    2 voxels apart) are found; each one whose ``z`` is at least ``min_z`` and
+    whose blob ratio (:func:`peak_blob_ratio` of ``residual``) is at least
+    ``min_blob_ratio`` gets its watershed basin of ``z`` (every local maximum
+    is a marker), cut at half its own peak, as a new candidate. The rest keeps
+    the original label. A candidate whose maxima are all round, or none, is
+    unchanged (it is judged as it is).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Candidate label map ``0..N``.
+    ids : numpy.ndarray
+        Labels to examine (e.g. the candidates rejected as vessels).
+    z : numpy.ndarray
+        Enhancement in noise units.
+    residual : numpy.ndarray
+        The image whose Hessian gives the blob ratio (as for the candidates).
+    zooms : numpy.ndarray
+        Voxel sizes (mm).
+    min_blob_ratio, min_z : float
+        Inclusive limits for a peak to be cut out.
+
+    Returns
+    -------
+    tuple
+        ``(labels, n, changed)``: int32 label map ``0..n`` (labels ``1..N``
+        kept, new pieces numbered after them) and whether any piece was cut.
+    """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    from .segment import CONNECTIVITY
+
+    out = np.asarray(labels, dtype=np.int32).copy()
+    boxes = ndi.find_objects(out)
+    next_label = int(out.max()) + 1
+    zooms = np.asarray(zooms, dtype=float)
+    for lab in np.asarray(ids, dtype=int):
+        if lab < 1 or lab > len(boxes) or boxes[lab - 1] is None:
+            continue
+        box = boxes[lab - 1]
+        comp = out[box] == lab
+        zc = np.where(comp, z[box], 0.0).astype(np.float32)
+        if zc.max() < min_z - 1e-6:
+            continue
+        peaks = peak_local_max(
+            zc, min_distance=2, labels=comp.astype(np.int32), exclude_border=False
+        )
+        if len(peaks) < 2:
+            continue
+        ratio, _ = peak_blob_ratio(residual, peaks + [s.start for s in box], zooms)
+        strong = zc[tuple(peaks.T)]
+        cut = (np.nan_to_num(ratio, nan=-1.0) >= min_blob_ratio - 1e-9) & (strong >= min_z - 1e-6)
+        if not cut.any() or cut.all():
+            continue
+        markers = np.zeros(comp.shape, dtype=np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        basins = watershed(-zc, markers, mask=comp, connectivity=CONNECTIVITY)
+        region = out[box]
+        for k in np.flatnonzero(cut):
+            piece, _ = ndi.label((basins == k + 1) & (zc >= 0.5 * strong[k]), CONNECTIVITY)
+            region[piece == piece[tuple(peaks[k])]] = next_label
+            next_label += 1
+    changed = next_label > int(np.max(labels, initial=0)) + 1
+    return out, int(np.max(out, initial=0)), changed

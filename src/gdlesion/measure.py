@@ -235,8 +235,13 @@ def context_features(
     mask: np.ndarray,
     context: Context,
     ventricle_margin_mm: float,
+    kin: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Only the :data:`CONTEXT_COLUMNS` of :func:`lesion_features`, with the same values.
+
+    ``kin`` (optional, same shape as ``labels``): a family number per voxel (0
+    none); the conspicuity shell of a candidate leaves out the voxels of its
+    own family (:func:`conspicuity`).
 
     The pipeline measures every candidate without its anatomical context first;
     the candidates that the shape rules keep then need only these columns
@@ -258,7 +263,7 @@ def context_features(
     return _context_columns(
         labels, n, lab=lab, count=_sums(lab, n), core=zv >= 0.5 * max_z[lab - 1], max_z=max_z,
         z=z, mask=mask, zooms=np.sqrt((lin**2).sum(axis=0)), context=context,
-        ventricle_margin_mm=ventricle_margin_mm,
+        ventricle_margin_mm=ventricle_margin_mm, kin=kin,
     )
 
 
@@ -275,12 +280,15 @@ def _context_columns(
     zooms: np.ndarray,
     context: Context,
     ventricle_margin_mm: float,
+    kin: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Conspicuity (NaN without ``mask``), ventricle fraction and CSF distance per label."""
     beside = (context.ventricle_distance_mm <= ventricle_margin_mm).astype(np.float64)
     return {
         "conspicuity": (
-            conspicuity(labels, n, z, mask, zooms, peaks=max_z) if mask is not None else np.nan
+            conspicuity(labels, n, z, mask, zooms, peaks=max_z, kin=kin)
+            if mask is not None
+            else np.nan
         ),
         "ventricle_fraction": _sums(lab, n, beside) / count,
         "csf_distance_mm": _median_by_label(context.csf_distance_mm[core], lab[core], n),
@@ -301,6 +309,7 @@ def conspicuity(
     peaks: np.ndarray,
     shell_mm: tuple[float, float] = CONSPICUITY_SHELL_MM,
     percentile: float = 95.0,
+    kin: np.ndarray | None = None,
 ) -> np.ndarray:
     """How much each candidate stands out from the enhancement texture around it.
 
@@ -309,6 +318,13 @@ def conspicuity(
     included: a focus among many similar ones is texture, as in the cerebellar
     folia). The denominator is floored at 0.5 noise units. Computed in each
     candidate's bounding box grown by the shell (a loop over candidates).
+
+    ``kin`` (optional int map, 0 = none) groups candidates cut from one
+    parent (a vein and the lesion pieces cut out of it, see
+    :func:`gdlesion.blob.split_round_peaks`): a candidate's shell leaves out
+    the voxels of its own group. The vein a lesion was cut from is a
+    structure already identified, not texture around the lesion; in its
+    shell it would be the brightest thing.
     """
     out = np.full(n, np.nan)
     zooms = np.asarray(zooms, dtype=float)
@@ -322,6 +338,10 @@ def conspicuity(
         )
         dist = distance_transform_edt(labels[box] != idx + 1, zooms)
         shell = (dist > shell_mm[0]) & (dist <= shell_mm[1]) & mask[box]
+        if kin is not None:
+            family = int(kin[box][labels[box] == idx + 1].max())
+            if family:
+                shell &= kin[box] != family
         if shell.any():
             background = float(np.percentile(z[box][shell], percentile))
             out[idx] = peaks[idx] / max(background, 0.5)

@@ -396,7 +396,7 @@ def _detect(
 ) -> StudyResult:
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
     from .anatomy import Context, anatomical_context, anatomy_maps
-    from .blob import carve_thick_cores
+    from .blob import carve_thick_cores, split_round_peaks
     from .measure import CONTEXT_COLUMNS, context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
     from .rules import apply_rules
@@ -430,7 +430,8 @@ def _detect(
         flair_z = ((prep.flair_c - med) / sd).astype(np.float32)
 
     def judge(
-        cand: np.ndarray, n: int, nawm_level: float | None = None
+        cand: np.ndarray, n: int, nawm_level: float | None = None,
+        kin: np.ndarray | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray, float]:
         if nawm_level is None:
             nawm = mask_c & (post_c >= gm_wm) & (cand == 0)
@@ -459,7 +460,7 @@ def _detect(
             context = anatomical_context(sub, zooms=zooms, maps=maps)
             lazy = context_features(
                 sub, int(ids.size), affine=kw["affine"], z=z, mask=mask_c, context=context,
-                ventricle_margin_mm=p.ventricle_margin_mm,
+                ventricle_margin_mm=p.ventricle_margin_mm, kin=kin,
             )
             for col in CONTEXT_COLUMNS:
                 table.loc[live, col] = lazy[col]
@@ -467,6 +468,7 @@ def _detect(
         return table, reasons, nawm_level
 
     table, reasons, nawm_level = judge(candidates, n_cand)
+    original = candidates
     # a lesion touching a vein: judge the thick part and the thin part separately (a
     # vessel no thicker than the opening ball has no thick part and is left as it is)
     carve = (reasons == "vessel") & (table["thickness_mm"].to_numpy() > 2 * p.vessel_carve_mm)
@@ -476,9 +478,22 @@ def _detect(
         )
         if changed:
             table, reasons = _rejudge(
-                judge, table, candidates, n_cand, carved, n_carved, nawm_level, p
+                judge, table, candidates, n_cand, carved, n_carved, nawm_level, p,
+                original=original,
             )
             candidates, n_cand = carved, n_carved
+    # then a lesion beside a brighter or as thick vein: its round peak is cut out
+    vessels = table["lesion_id"].to_numpy()[reasons == "vessel"]
+    if p.vessel_split_blob_ratio > 0 and vessels.size:
+        cut, n_cut, changed = split_round_peaks(
+            candidates, vessels, z, residual, zooms,
+            min_blob_ratio=p.vessel_split_blob_ratio, min_z=p.vessel_split_min_z,
+        )
+        if changed:
+            table, reasons = _rejudge(
+                judge, table, candidates, n_cand, cut, n_cut, nawm_level, p, original=original
+            )
+            candidates, n_cand = cut, n_cut
     kept_c, lesions = _select(candidates, table, reasons == "", box)
     rej_c, rejected = _select(candidates, table, reasons != "", box)
     if len(rejected):
@@ -530,8 +545,10 @@ def _rejudge(
     n_after: int,
     nawm_level: float,
     p: DetectionParams,
+    *,
+    original: np.ndarray,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Judge again only the candidates that carving changed or created.
+    """Judge again only the candidates that carving or splitting changed or created.
 
     Carving keeps every label ``1..n_before`` (a carved candidate keeps its thin
     part) and numbers the new pieces after them; a candidate's measures depend
@@ -546,12 +563,25 @@ def _rejudge(
     redo = np.concatenate([touched[touched > 0], np.arange(n_before + 1, n_after + 1)])
     lut = np.zeros(n_after + 1, dtype=np.int32)
     lut[redo] = np.arange(1, redo.size + 1, dtype=np.int32)
-    fresh, _, _ = judge(lut[after], int(redo.size), nawm_level)
+    fresh, _, _ = judge(lut[after], int(redo.size), nawm_level, kinship(original, after))
     fresh["lesion_id"] = redo
     merged = pd.concat(
         [table[~table["lesion_id"].isin(redo)], fresh], ignore_index=True
     ).sort_values("lesion_id", ignore_index=True)
     return merged, apply_rules(merged, p)
+
+
+def kinship(original: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Family map of the candidates cut into pieces (by carving or splitting).
+
+    ``original`` is the candidate map before any cutting and ``after`` the map
+    now (cutting relabels voxels, it never drops them). Each voxel of a
+    candidate that has been cut carries that candidate's original label, 0
+    elsewhere: the pieces and the rest of one candidate share it, so that the
+    conspicuity shell of a piece leaves out the vein it was cut from.
+    """
+    parents = np.unique(original[original != after])
+    return np.where(np.isin(original, parents), original, 0).astype(np.int32)
 
 
 def _crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
