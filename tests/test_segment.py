@@ -250,6 +250,17 @@ def test_blood_bright_vessel_part_can_be_disabled():
     assert apply_rules(bright_ovoid, off).tolist() == [""]
 
 
+def test_csf_ring_and_plexus_nodule_exemptions_off_in_clinical_2d():
+    # on thick slices the blob ratio is the in-plane one (finite): the preset turns them off
+    ring = _table(csf_distance_mm=0.0, pattern="ring", max_z=20.0, blob_ratio=0.5)
+    assert apply_rules(ring, DetectionParams()).tolist() == [""]
+    assert apply_rules(ring, load_params("clinical-2d")).tolist() == ["csf_space"]
+    wall = _table(ventricle_fraction=1.0, max_z=20.0, blob_ratio=0.9, csf_distance_mm=3.0)
+    assert apply_rules(wall, DetectionParams()).tolist() == [""]
+    assert apply_rules(wall, load_params("clinical-2d")).tolist() == ["choroid_plexus"]
+    assert load_params("clinical-2d").vessel_split_blob_ratio == 0.0
+
+
 def test_round_edge_exemption_off_in_clinical_2d():
     round_at_edge = _table(edge_fraction=0.9, conspicuity=10.0, blob_ratio=0.9)
     assert apply_rules(round_at_edge, load_params("clinical-2d")).tolist() == ["brain_edge"]

@@ -274,17 +274,19 @@ class DetectionParams:
         >= plexus_nodule_blob_ratio``, 0.5), strongly significant (``max_z >=
         round_min_z``) and whose core lies in tissue (``csf_distance_mm >=
         plexus_nodule_csf_mm``, 2 mm) is not choroid plexus, whose peaks are
-        tube-like (:func:`gdlesion.rules.choroid_plexus`). 0 disables it.
+        tube-like (:func:`gdlesion.rules.choroid_plexus`). 0 disables it
+        (``clinical-2d``).
     max_csf_distance_mm : float
         A candidate whose enhancing core lies at most this far (median, mm,
         inclusive) from CSF spaces (sulci, cisterns, ventricles, outside the
         brain), where veins and choroid plexus run, is rejected (see
         :func:`gdlesion.rules.csf_space`).
     csf_ring_min_z : float
-        A ring-enhancing candidate (3-D grids: finite ``blob_ratio``) peaking at
-        ``max_z >= csf_ring_min_z`` (8) is exempt from that rule: the core of a
-        ring lesion does not enhance and is dark on both scans like CSF, and
-        beside a ventricle or a sulcus it joins that space. 0 disables it.
+        A ring-enhancing candidate peaking at ``max_z >= csf_ring_min_z`` (8)
+        is exempt from that rule: the core of a ring lesion does not enhance
+        and is dark on both scans like CSF, and beside a ventricle or a sulcus
+        it joins that space. 0 disables it (``clinical-2d``: a ring is not
+        resolved on thick slices).
     flair_min_z : float
         With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
         this many robust standard deviations above the brain median. Measured

@@ -262,7 +262,7 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     T1-hypointense on the pre scan) is not CSF space
     (:data:`gdlesion.anatomy.ENCLOSED_MIN_DARK_FRACTION`).
 
-    A ring is exempt on 3-D grids (finite ``blob_ratio``) when it peaks at
+    A ring is exempt when it peaks at
     ``max_z >= csf_ring_min_z`` (8): the core of a ring-enhancing lesion does
     not enhance and is as dark as CSF on both scans, so next to a ventricle or
     a sulcus it becomes part of that space and the rim's median distance to it
@@ -271,9 +271,10 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     preset) and on the unmodified Lesjak pairs and the TCGA atlas pair (default
     and ``flair`` presets) the rule's only rejections were three ring lesions
     (6.2, 13 and 13.9 mm, z 41-91; two beside a ventricle, one beside a
-    sulcus); see ``benchmarks/README.md``. Not on thick slices, where a ring
-    is not resolved (``clinical-2d``, NaN blob ratio). ``csf_ring_min_z`` 0
-    disables the exemption.
+    sulcus); see ``benchmarks/README.md``. Off on thick slices, where a ring
+    is not resolved (``clinical-2d`` sets ``csf_ring_min_z`` 0; the blob ratio
+    there is the in-plane one, finite; a NaN ratio, on grids with two coarse
+    axes, also keeps the rule). ``csf_ring_min_z`` 0 disables the exemption.
     """
     near = (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
     if p.csf_ring_min_z <= 0:
@@ -305,7 +306,8 @@ def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     plexus candidate whose core is 1.4 mm or more from CSF), while the
     periventricular lesions this rule took on those heads peak at 0.52-0.88
     with their cores 2.0-2.8 mm from CSF. Measured in ``benchmarks/README.md``.
-    ``plexus_nodule_blob_ratio`` 0 disables the exemption.
+    ``plexus_nodule_blob_ratio`` 0 disables the exemption (``clinical-2d``:
+    it was measured on 3-D grids only).
     """
     beside = (t["ventricle_fraction"] >= p.ventricle_fraction).to_numpy()
     if p.plexus_nodule_blob_ratio <= 0:
