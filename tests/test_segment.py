@@ -228,6 +228,17 @@ def _table(**values):
         ({"conspicuity": 2.0, "max_z": 7.99, "blob_ratio": 0.7}, "inconspicuous"),
         ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.69}, "inconspicuous"),
         ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": np.nan}, "inconspicuous"),
+        # a large compact candidate counts as round whatever its peak's blob ratio
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
+          "compactness": 3.0}, ""),
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 99.9,
+          "compactness": 3.0}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
+          "compactness": 3.01}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 7.99, "blob_ratio": 0.5, "volume_mm3": 100.0,
+          "compactness": 3.0}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 400.0,
+          "compactness": 2.0, "pattern": "ring"}, "inconspicuous"),
     ],
 )
 def test_rules_inclusive_thresholds(values, reason):

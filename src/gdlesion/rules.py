@@ -185,6 +185,15 @@ def inconspicuous(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     38 mm3 vessel on the cerebellar surface, z 21, blob ratio 0.61), and
     the round foci that a lower z would admit peak at z 5.3.
 
+    A large compact candidate (at least ``round_min_volume_mm3``, 100 mm3,
+    and ``compactness <= round_max_compactness``, 3) counts as round there
+    whatever its peak's blob ratio: a large faint lesion's peak is shaped by
+    the residual's texture, its body is a ball. Measured: on Lesjak pairs
+    with planted lesions (seed 6) two 10 mm lesions enhancing by 22-24 % found
+    (16 -> 18 of 24), no other change on four more planted sets, the unmodified
+    pairs and 96 simulated 1 mm heads; the large foci left out are irregular
+    (compactness 5.2-6.0).
+
     NaN conspicuity (no brain shell) skips the rule; a NaN blob ratio keeps
     ``min_conspicuity``.
     """
@@ -196,9 +205,13 @@ def inconspicuous(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
         elongated = np.isfinite(blob) & (blob < p.elongated_blob_ratio - 1e-9) & not_ring
         need[elongated] = max(p.min_conspicuity, p.min_conspicuity_elongated)
     if p.min_conspicuity_round > 0:
+        round_peak = np.isfinite(blob) & (blob >= p.round_blob_ratio - 1e-9)
+        if p.round_min_volume_mm3 > 0:
+            round_peak |= (
+                t["volume_mm3"].to_numpy(dtype=np.float64) >= p.round_min_volume_mm3 - 1e-9
+            ) & (t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9)
         round_strong = (
-            np.isfinite(blob)
-            & (blob >= p.round_blob_ratio - 1e-9)
+            round_peak
             & (t["max_z"].to_numpy(dtype=np.float64) >= p.round_min_z - 1e-9)
             & not_ring
         )
