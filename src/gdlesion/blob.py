@@ -277,6 +277,8 @@ def split_round_peaks(
     boxes = ndi.find_objects(out)
     next_label = int(out.max()) + 1
     zooms = np.asarray(zooms, dtype=float)
+    # the local maxima of every candidate first, then one Hessian evaluation for all of them
+    found = []
     for lab in np.asarray(ids, dtype=int):
         if lab < 1 or lab > len(boxes) or boxes[lab - 1] is None:
             continue
@@ -288,9 +290,19 @@ def split_round_peaks(
         peaks = peak_local_max(
             zc, min_distance=2, labels=comp.astype(np.int32), exclude_border=False
         )
-        if len(peaks) < 2:
-            continue
-        ratio, _ = peak_blob_ratio(residual, peaks + [s.start for s in box], zooms)
+        if len(peaks) >= 2:
+            found.append((box, comp, zc, peaks))
+    if not found:
+        return out, int(np.max(out, initial=0)), False
+    every = np.concatenate([peaks + [s.start for s in box] for box, _, _, peaks in found])
+    # in chunks: the gathered patches take ~0.4 MB per peak
+    ratios = np.concatenate(
+        [peak_blob_ratio(residual, every[i : i + 128], zooms)[0] for i in range(0, len(every), 128)]
+    )
+    start = 0
+    for box, comp, zc, peaks in found:
+        ratio = ratios[start : start + len(peaks)]
+        start += len(peaks)
         strong = zc[tuple(peaks.T)]
         cut = (np.nan_to_num(ratio, nan=-1.0) >= min_blob_ratio - 1e-9) & (strong >= min_z - 1e-6)
         if not cut.any() or cut.all():
