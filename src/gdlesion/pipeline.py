@@ -482,7 +482,8 @@ def _detect(
                 original=original,
             )
             candidates, n_cand = carved, n_carved
-    # then a lesion beside a brighter or as thick vein: its round peak is cut out
+    # then a lesion beside a vein that is brighter, or too thin to carve: its round peak
+    # is cut out
     vessels = table["lesion_id"].to_numpy()[reasons == "vessel"]
     if p.vessel_split_blob_ratio > 0 and vessels.size:
         cut, n_cut, changed = split_round_peaks(

@@ -275,9 +275,9 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     T1-hypointense on the pre scan) is not CSF space
     (:data:`gdlesion.anatomy.ENCLOSED_MIN_DARK_FRACTION`).
 
-    A ring is exempt when it peaks at
-    ``max_z >= csf_ring_min_z`` (8): the core of a ring-enhancing lesion does
-    not enhance and is as dark as CSF on both scans, so next to a ventricle or
+    A ring is exempt when it peaks at ``max_z >= csf_ring_min_z`` (8): the
+    core of a ring-enhancing lesion does not enhance and is as dark as CSF on
+    both scans, so next to a ventricle or
     a sulcus it becomes part of that space and the rim's median distance to it
     falls to 0-1 mm, while the structures the rule is for (veins, plexus) fill
     the space they lie in. On 96 simulated 1 mm heads (1040-1135, default
