@@ -275,19 +275,19 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     T1-hypointense on the pre scan) is not CSF space
     (:data:`gdlesion.anatomy.ENCLOSED_MIN_DARK_FRACTION`).
 
-    A ring is exempt when it peaks at ``max_z >= csf_ring_min_z`` (8): the
-    core of a ring-enhancing lesion does not enhance and is as dark as CSF on
-    both scans, so next to a ventricle or
-    a sulcus it becomes part of that space and the rim's median distance to it
-    falls to 0-1 mm, while the structures the rule is for (veins, plexus) fill
-    the space they lie in. On 96 simulated 1 mm heads (1040-1135, default
-    preset) and on the unmodified Lesjak pairs and the TCGA atlas pair (default
-    and ``flair`` presets) the rule's only rejections were three ring lesions
-    (6.2, 13 and 13.9 mm, z 41-91; two beside a ventricle, one beside a
-    sulcus); see ``benchmarks/README.md``. Off on thick slices, where a ring
-    is not resolved (``clinical-2d`` sets ``csf_ring_min_z`` 0; the blob ratio
-    there is the in-plane one, finite; a NaN ratio, on grids with two coarse
-    axes, also keeps the rule). ``csf_ring_min_z`` 0 disables the exemption.
+    A ring is exempt when it peaks at ``max_z >= csf_ring_min_z`` (8): the core
+    of a ring-enhancing lesion does not enhance and is as dark as CSF on both
+    scans, so next to a ventricle or a sulcus it becomes part of that space and
+    the rim's median distance to it falls to 0-1 mm, while the structures the
+    rule is for (veins, plexus) fill the space they lie in. On 96 simulated 1
+    mm heads (1040-1135, default preset) and on the unmodified Lesjak pairs and
+    the TCGA atlas pair (default and ``flair`` presets) the rule's only
+    rejections were three ring lesions (6.2, 13 and 13.9 mm, z 41-91; two
+    beside a ventricle, one beside a sulcus); see ``benchmarks/README.md``. Off
+    on thick slices, where a ring is not resolved (``clinical-2d`` sets
+    ``csf_ring_min_z`` 0; the blob ratio there is the in-plane one, finite; a
+    NaN ratio, on grids with two coarse axes, also keeps the rule).
+    ``csf_ring_min_z`` 0 disables the exemption.
     """
     near = (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
     if p.csf_ring_min_z <= 0:
