@@ -210,6 +210,14 @@ def _table(**values):
         ({"csf_distance_mm": 0.0, "max_z": 8.0}, "csf_space"),
         ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 8.0, "blob_ratio": np.nan},
          "csf_space"),
+        # a large compact strongly significant nodule: a T1-dark lesion open to a sulcus
+        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 100.0, "compactness": 3.0}, ""),
+        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 99.9, "compactness": 3.0},
+         "csf_space"),
+        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 100.0, "compactness": 3.01},
+         "csf_space"),
+        ({"csf_distance_mm": 0.0, "max_z": 7.99, "volume_mm3": 100.0, "compactness": 3.0},
+         "csf_space"),
         ({"flair_z": 0.45}, "no_flair_lesion"),
         ({"flair_z": 0.5}, ""),
         ({"max_enhancement_pct": 24.9}, "faint"),
@@ -261,7 +269,7 @@ def test_blood_bright_vessel_part_can_be_disabled():
     assert apply_rules(bright_ovoid, off).tolist() == [""]
 
 
-def test_csf_ring_and_plexus_nodule_exemptions_off_in_clinical_2d():
+def test_csf_and_plexus_nodule_exemptions_off_in_clinical_2d():
     # on thick slices the blob ratio is the in-plane one (finite): the preset turns them off
     ring = _table(csf_distance_mm=0.0, pattern="ring", max_z=20.0, blob_ratio=0.5)
     assert apply_rules(ring, DetectionParams()).tolist() == [""]
@@ -269,6 +277,9 @@ def test_csf_ring_and_plexus_nodule_exemptions_off_in_clinical_2d():
     wall = _table(ventricle_fraction=1.0, max_z=20.0, blob_ratio=0.9, csf_distance_mm=3.0)
     assert apply_rules(wall, DetectionParams()).tolist() == [""]
     assert apply_rules(wall, load_params("clinical-2d")).tolist() == ["choroid_plexus"]
+    large_nodule = _table(csf_distance_mm=0.0, max_z=20.0, volume_mm3=400.0, compactness=1.5)
+    assert apply_rules(large_nodule, DetectionParams()).tolist() == [""]
+    assert apply_rules(large_nodule, load_params("clinical-2d")).tolist() == ["csf_space"]
     assert load_params("clinical-2d").vessel_split_blob_ratio == 0.0
 
 

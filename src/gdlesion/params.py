@@ -297,6 +297,13 @@ class DetectionParams:
         and is dark on both scans like CSF, and beside a ventricle or a sulcus
         it joins that space. 0 disables it (``clinical-2d``: a ring is not
         resolved on thick slices).
+    csf_nodule_min_volume_mm3 : float
+        A non-ring candidate of at least this volume (100 mm3) that is compact
+        (``compactness <= round_max_compactness``) and strongly significant
+        (``max_z >= round_min_z``) is exempt from that rule too: a T1-dark
+        lesion opening into a sulcus or a ventricle is part of that space on
+        the pre scan (:func:`gdlesion.rules.csf_space`). 0 disables it
+        (``clinical-2d``).
     flair_min_z : float
         With a FLAIR scan, a candidate needs a mean FLAIR intensity of at least
         this many robust standard deviations above the brain median. Measured
@@ -375,6 +382,7 @@ class DetectionParams:
     plexus_nodule_csf_mm: float = 2.0
     max_csf_distance_mm: float = 1.0
     csf_ring_min_z: float = 8.0
+    csf_nodule_min_volume_mm3: float = 100.0
     flair_min_z: float = 0.5
     flair_exempt_z: float = 0.0
     brain_opening_mm: float = 5.0
