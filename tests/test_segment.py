@@ -202,6 +202,15 @@ def _table(**values):
          "choroid_plexus"),
         ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": np.nan, "csf_distance_mm": 2.0},
          "choroid_plexus"),
+        # a large compact one counts as round whatever its peak
+        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+          "volume_mm3": 100.0, "compactness": 3.0}, ""),
+        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+          "volume_mm3": 99.9, "compactness": 3.0}, "choroid_plexus"),
+        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+          "volume_mm3": 100.0, "compactness": 3.01}, "choroid_plexus"),
+        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 1.9,
+          "volume_mm3": 100.0, "compactness": 3.0}, "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),
         ({"csf_distance_mm": 1.1}, ""),
         # a strongly significant ring: its non-enhancing core is dark like CSF

@@ -284,8 +284,9 @@ class DetectionParams:
         >= plexus_nodule_blob_ratio``, 0.5), strongly significant (``max_z >=
         round_min_z``) and whose core lies in tissue (``csf_distance_mm >=
         plexus_nodule_csf_mm``, 2 mm) is not choroid plexus, whose peaks are
-        tube-like (:func:`gdlesion.rules.choroid_plexus`). 0 disables it
-        (``clinical-2d``).
+        tube-like (:func:`gdlesion.rules.choroid_plexus`); a large compact
+        candidate (``round_min_volume_mm3``, ``round_max_compactness``) counts
+        as round whatever its peak. 0 disables it (``clinical-2d``).
     max_csf_distance_mm : float
         A candidate whose enhancing core lies at most this far (median, mm,
         inclusive) from CSF spaces (sulci, cisterns, ventricles, outside the

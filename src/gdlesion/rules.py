@@ -297,9 +297,9 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     mm nodule enhancing by 84 % at z 101 was rejected so), while what the rule
     is for is thin (veins) or lies in the ventricles (the plexus, which the
     ventricle rule still rejects). Every other ``csf_space`` rejection on 160
-    simulated 1 mm heads and the Lesjak pairs (unmodified and with planted
-    lesions) was under 60 mm3 or irregular (compactness 5-24); see
-    ``benchmarks/README.md``. ``csf_nodule_min_volume_mm3`` 0 disables it
+    simulated 1 mm heads (1040-1199) and the Lesjak pairs (unmodified and with
+    planted lesions) was 21-54 mm3 (one a 4.8 mm lesion, still missed) or
+    irregular (a 289 mm3 vessel, compactness 24); see ``benchmarks/README.md``. ``csf_nodule_min_volume_mm3`` 0 disables it
     (``clinical-2d``).
     """
     near = (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
@@ -340,15 +340,27 @@ def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     plexus candidate whose core is 1.4 mm or more from CSF), while the
     periventricular lesions this rule took on those heads peak at 0.52-0.88
     with their cores 2.0-2.8 mm from CSF. Measured in ``benchmarks/README.md``.
+    A large compact candidate (``round_min_volume_mm3``, 100 mm3, and
+    ``compactness <= round_max_compactness``, 3) counts as round whatever its
+    peak, as in :func:`inconspicuous`: a simulated 13.9 mm periventricular
+    lesion (2628 mm3, compactness 2.9, core 6.3 mm from CSF) peaked at 0.47;
+    every other plexus rejection on 160 simulated 1 mm heads (1040-1199) and
+    the Lesjak pairs (unmodified and with planted lesions) was under 70 mm3
+    or irregular (compactness 35-909).
     ``plexus_nodule_blob_ratio`` 0 disables the exemption (``clinical-2d``:
     it was measured on 3-D grids only).
     """
     beside = (t["ventricle_fraction"] >= p.ventricle_fraction).to_numpy()
     if p.plexus_nodule_blob_ratio <= 0:
         return beside
+    round_peak = t["blob_ratio"].to_numpy(dtype=np.float64) >= p.plexus_nodule_blob_ratio - 1e-9
+    if p.round_min_volume_mm3 > 0:
+        round_peak |= (
+            t["volume_mm3"].to_numpy(dtype=np.float64) >= p.round_min_volume_mm3 - 1e-9
+        ) & (t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9)
     nodule = (
         (t["pattern"] != "ring").to_numpy()
-        & (t["blob_ratio"].to_numpy(dtype=np.float64) >= p.plexus_nodule_blob_ratio - 1e-9)
+        & round_peak
         & (t["max_z"].to_numpy(dtype=np.float64) >= p.round_min_z - 1e-9)
         & (t["csf_distance_mm"].to_numpy(dtype=np.float64) >= p.plexus_nodule_csf_mm - 1e-9)
     )
