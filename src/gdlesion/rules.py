@@ -299,8 +299,8 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     ventricle rule still rejects). Every other ``csf_space`` rejection on 160
     simulated 1 mm heads (1040-1199) and the Lesjak pairs (unmodified and with
     planted lesions) was 21-54 mm3 (one a 4.8 mm lesion, still missed) or
-    irregular (a 289 mm3 vessel, compactness 24); see ``benchmarks/README.md``. ``csf_nodule_min_volume_mm3`` 0 disables it
-    (``clinical-2d``).
+    irregular (a 289 mm3 vessel, compactness 24); see ``benchmarks/README.md``.
+    ``csf_nodule_min_volume_mm3`` 0 disables it (``clinical-2d``).
     """
     near = (t["csf_distance_mm"] <= p.max_csf_distance_mm).to_numpy()
     exempt = np.zeros(len(t), dtype=bool)
