@@ -534,6 +534,35 @@ def test_lesion_beside_a_brighter_vein_is_cut_out_and_found():
     }
 
 
+@pytest.mark.parametrize(
+    ("seed", "lesion", "reason", "off"),
+    [
+        # 12.5 mm nodule, T1-dark, opening into CSF space: once rejected as csf_space
+        (1174, 1, "csf_space", {"csf_nodule_min_volume_mm3": 0.0}),
+        # 13.9 mm periventricular nodule whose peak has a blob ratio of 0.47: once choroid_plexus
+        (1060, 5, "choroid_plexus", {"round_min_volume_mm3": 0.0}),
+    ],
+)
+def test_large_compact_nodule_is_not_taken_for_csf_or_plexus(seed, lesion, reason, off):
+    """Simulated 1 mm full heads: a large compact strongly significant nodule is a lesion."""
+    from gdlesion.simulate import simulate_study
+
+    study = simulate_study(resolution="1mm", n_lesions=6, seed=seed, with_flair=False)
+    spec = next(le for le in study.lesions if le.lesion_id == lesion)
+    assert spec.diameter_mm > 12
+    truth = study.labels == lesion
+    result = run_study(study.pre, study.post)
+    hit = result.labels[truth]
+    assert np.count_nonzero(hit) >= 0.5 * truth.sum()
+    row = result.lesions.set_index("lesion_id").loc[int(np.bincount(hit[hit > 0]).argmax())]
+    assert row["volume_mm3"] >= 100 and row["compactness"] <= 3.0
+    without = run_study(study.pre, study.post, overrides=off)
+    assert not without.labels[truth].any()
+    reasons = without.rejected.set_index("lesion_id")["reason"]
+    ids = np.unique(without.rejected_labels[truth & (without.rejected_labels > 0)])
+    assert reason in set(reasons.loc[ids])
+
+
 def test_juxtacortical_lesion_on_a_full_head_is_found():
     """Simulated 1 mm full head (benchmark case sim-1mm-2): lesion 6, a 12.7 mm ring by a sulcus.
 
