@@ -17,6 +17,15 @@ from .params import DetectionParams
 __all__ = ["RULES", "LOCATION_RULES", "apply_rules", "flair_exempt"]
 
 
+def _large_compact(t: pd.DataFrame, min_volume_mm3: float, p: DetectionParams) -> np.ndarray:
+    """At least ``min_volume_mm3`` and ``compactness <= round_max_compactness``; none when 0."""
+    if min_volume_mm3 <= 0:
+        return np.zeros(len(t), dtype=bool)
+    return (t["volume_mm3"].to_numpy(dtype=np.float64) >= min_volume_mm3 - 1e-9) & (
+        t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9
+    )
+
+
 def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     """Smaller than ``min_volume_mm3`` (reported lesions have ``volume_mm3 >= min_volume_mm3``).
 
@@ -206,10 +215,7 @@ def inconspicuous(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
         need[elongated] = max(p.min_conspicuity, p.min_conspicuity_elongated)
     if p.min_conspicuity_round > 0:
         round_peak = np.isfinite(blob) & (blob >= p.round_blob_ratio - 1e-9)
-        if p.round_min_volume_mm3 > 0:
-            round_peak |= (
-                t["volume_mm3"].to_numpy(dtype=np.float64) >= p.round_min_volume_mm3 - 1e-9
-            ) & (t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9)
+        round_peak |= _large_compact(t, p.round_min_volume_mm3, p)
         round_strong = (
             round_peak
             & (t["max_z"].to_numpy(dtype=np.float64) >= p.round_min_z - 1e-9)
@@ -311,13 +317,11 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
             & np.isfinite(t["blob_ratio"].to_numpy(dtype=np.float64))
             & (z >= p.csf_ring_min_z - 1e-9)
         )
-    if p.csf_nodule_min_volume_mm3 > 0:
-        exempt |= (
-            (t["pattern"] != "ring").to_numpy()
-            & (t["volume_mm3"].to_numpy(dtype=np.float64) >= p.csf_nodule_min_volume_mm3 - 1e-9)
-            & (t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9)
-            & (z >= p.round_min_z - 1e-9)
-        )
+    exempt |= (
+        (t["pattern"] != "ring").to_numpy()
+        & _large_compact(t, p.csf_nodule_min_volume_mm3, p)
+        & (z >= p.round_min_z - 1e-9)
+    )
     return near & ~exempt
 
 
@@ -354,10 +358,7 @@ def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     if p.plexus_nodule_blob_ratio <= 0:
         return beside
     round_peak = t["blob_ratio"].to_numpy(dtype=np.float64) >= p.plexus_nodule_blob_ratio - 1e-9
-    if p.round_min_volume_mm3 > 0:
-        round_peak |= (
-            t["volume_mm3"].to_numpy(dtype=np.float64) >= p.round_min_volume_mm3 - 1e-9
-        ) & (t["compactness"].to_numpy(dtype=np.float64) <= p.round_max_compactness + 1e-9)
+    round_peak |= _large_compact(t, p.round_min_volume_mm3, p)
     nodule = (
         (t["pattern"] != "ring").to_numpy()
         & round_peak
