@@ -79,3 +79,23 @@ def test_kill_and_resume_gives_identical_tables(tmp_path, workers, executor):
     files = {p.relative_to(out) for p in out.rglob("sub-*/**/*") if p.is_file()}
     assert files == {p.relative_to(clean.output) for p in clean.output.rglob("sub-*/**/*")
                      if p.is_file()}
+
+
+def test_a_record_left_half_renamed_by_a_kill_is_not_a_session(tmp_path):
+    """The temporary file of an atomic record write, left by a kill, is not read as a record."""
+    import shutil
+
+    from gdlesion.batch import rebuild_tables
+
+    inp = write_bids(tmp_path / "bids", {"01": {"01": 1, "02": 2}, "02": {"01": 0, "02": 1}})
+    out = tmp_path / "out"
+    clean = run_batch(inp, out, study_fn=fake_study, workers=1)
+    counts, lesions = clean.counts_path.read_bytes(), clean.lesions_path.read_bytes()
+    record = _records(out)[0]
+    # what io.write_json_atomic writes before its rename
+    shutil.copy(record, record.parent / f".{record.name}.k3x9_q.part.json")
+    counts_path, lesions_path = rebuild_tables(out)
+    assert counts_path.read_bytes() == counts
+    assert lesions_path.read_bytes() == lesions
+    resumed = run_batch(inp, out, study_fn=fake_study, workers=1)
+    assert resumed.reused == 4 and resumed.counts_path.read_bytes() == counts

@@ -229,6 +229,10 @@ def _all_records(output: Path) -> list[dict[str, Any]]:
 
     records = []
     for path in sorted((output / STATE_DIR / "sessions").glob("*.json")):
+        if path.name.startswith("."):
+            # a record being written atomically (".KEY.json.XXXX.part.json"); a killed run
+            # can leave one behind, a copy of a session that has its own record
+            continue
         with contextlib.suppress(OSError, ValueError):
             records.append(json.loads(path.read_text(encoding="utf-8")))
     return sorted(records, key=lambda r: r.get("key", ""))
