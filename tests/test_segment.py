@@ -405,8 +405,11 @@ def test_auto_preset_by_slice_thickness_and_flair():
     from gdlesion.params import auto_preset, load_params, preset_names
 
     assert auto_preset((0.9, 0.9, 5.5), has_flair=True) == "clinical-2d"
-    assert auto_preset((3.0, 1.0, 1.0), has_flair=False) == "clinical-2d"
-    assert auto_preset((1.0, 1.0, 2.9), has_flair=False) == "default"
+    assert auto_preset((4.0, 1.0, 1.0), has_flair=False) == "clinical-2d"
+    assert auto_preset((1.0, 1.0, 3.9), has_flair=False) == "default"
+    assert auto_preset((1.0, 1.0, 3.0), has_flair=True) == "flair"
+    assert auto_preset((0.45, 0.45, 3.0), has_flair=False) == "clinical-2d"  # not split
+    assert auto_preset((0.9, 0.9, 1.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
     assert {"default", "flair", "clinical-2d"} <= set(preset_names())
     assert load_params("default").noise_guide_mm > 0 == load_params("clinical-2d").noise_guide_mm

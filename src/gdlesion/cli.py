@@ -256,6 +256,7 @@ def inspect_command(
                 f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm\n"
                 f"pipeline: {result.pipeline}"
                 + (" (chosen from slice thickness and FLAIR)" if pipeline == AUTO else "")
+                + _work_grid_note(result.stats)
             )
         )
         if result.lesion_count:
@@ -504,6 +505,15 @@ def report_command(
     for message in problems:
         err_console.print(Text.assemble(("not rebuilt: ", "bold yellow"), message), soft_wrap=True)
     console.print(Text(f"wrote {len(pages)} page(s); open {pages[-1]}"), soft_wrap=True)
+
+
+def _work_grid_note(stats: dict[str, float]) -> str:
+    """Say so when the post scan's voxels were split for the analysis (gdlesion.workgrid)."""
+    factors = [int(stats.get(f"work_factor_{a}", 1)) for a in "ijk"]
+    if factors == [1, 1, 1]:
+        return ""
+    split = "x".join(map(str, factors))
+    return f"; voxels split {split} for the analysis, reported on the post grid"
 
 
 def main() -> None:

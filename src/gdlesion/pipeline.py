@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -201,6 +201,10 @@ def run_study(
     Returns
     -------
     StudyResult
+        Everything on the post scan's grid. Post voxel edges of 2 mm or more
+        (e.g. 3 mm slices) are split into ~1 mm working voxels for the
+        analysis (``DetectionParams.work_voxel_mm``; ``result.stats`` then holds
+        ``work_factor_i/j/k``) and the maps brought back block by block.
 
     Raises
     ------
@@ -261,6 +265,8 @@ class _Prepared:
     params: DetectionParams
     pipeline: str
     warnings: list[str] = field(default_factory=list)
+    post_grid: Volume | None = None  # the post scan as given (``post`` is finer when split)
+    factors: tuple[int, int, int] = (1, 1, 1)  # split of post_grid's voxels into post's
 
 
 def _prepare(
@@ -304,6 +310,16 @@ def _prepare(
         raise InputError(
             f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
         )
+    post_grid = post_v
+    factors = (1, 1, 1)
+    if p.work_voxel_mm > 0:
+        from .workgrid import repeat_blocks, subdivide, subdivision_factors
+
+        factors = subdivision_factors(post_v.zooms, p.work_voxel_mm)
+        if factors != (1, 1, 1):
+            post_v = subdivide(post_v, factors)
+            if brain_mask is not None:
+                brain_mask = repeat_blocks(np.asarray(brain_mask, dtype=bool), factors)
 
     # The rigid registrations (SimpleITK, single-threaded each, GIL released) run in
     # background threads while the brain mask is estimated: same results, less wall time.
@@ -324,11 +340,15 @@ def _prepare(
 
         if brain_mask is None:
             try:
+                # on the post scan's own grid: the mask's opening and shape tests were
+                # chosen on acquired voxels, not interpolated ones
                 mask = estimate_brain_mask(
-                    post_v.data, post_v.affine, opening_mm=p.brain_opening_mm,
+                    post_grid.data, post_grid.affine, opening_mm=p.brain_opening_mm,
                     min_volume_ml=p.min_brain_volume_ml,
                     name=f"post-contrast scan {post_v.name}".strip(),
                 )
+                if factors != (1, 1, 1):
+                    mask = repeat_blocks(mask, factors)
             except BaseException:
                 for job in (reg_job, flair_job):
                     if job is not None:
@@ -383,7 +403,8 @@ def _prepare(
         post=post_v, pre=pre_v, flair=flair_v, registration=reg, mask=mask, box=box,
         post_c=post_c, pre_mapped=conditional_median_mapping(pre_c, post_c, mask_c),
         mask_c=mask_c, flair_c=flair_reg[box] if flair_reg is not None else None,
-        params=p, pipeline=pipeline_name, warnings=warnings,
+        params=p, pipeline=pipeline_name, warnings=warnings, post_grid=post_grid,
+        factors=factors,
     )
 
 
@@ -511,7 +532,7 @@ def _detect(
     enh = np.zeros(post_v.shape, dtype=np.float32)
     enh[box] = z
     warnings = prep.warnings + _swap_warning(z, mask_c, p)
-    return StudyResult(
+    result = StudyResult(
         post=post_v,
         pre_registered=prep.registration.registered,
         enhancement=post_v.with_data(enh, name="enhancement"),
@@ -534,6 +555,34 @@ def _detect(
             "pre": prep.pre.name, "post": post_v.name,
             "flair": prep.flair.name if prep.flair is not None else "",
         },
+    )
+    if prep.factors != (1, 1, 1):
+        result = _to_post_grid(result, prep)
+    return result
+
+
+def _to_post_grid(result: StudyResult, prep: _Prepared) -> StudyResult:
+    """Bring a result found on the subdivided working grid back to the post scan's grid."""
+    from .registration import resample_volume
+    from .workgrid import block_any, block_labels, block_mean, table_to_post_grid
+
+    native, k = prep.post_grid, prep.factors
+    assert native is not None
+    labels = block_labels(result.labels, k)
+    rejected_labels = block_labels(result.rejected_labels, k)
+    registered = resample_volume(prep.pre, native, prep.registration.matrix_ras)
+    result.stats.update({f"work_factor_{a}": float(f) for a, f in zip("ijk", k, strict=True)})
+    return replace(
+        result,
+        post=native,
+        pre_registered=registered,
+        registration=replace(prep.registration, registered=registered),
+        enhancement=native.with_data(block_mean(result.enhancement.data, k), name="enhancement"),
+        brain_mask=block_any(result.brain_mask, k),
+        labels=labels,
+        lesions=table_to_post_grid(result.lesions, labels, k),
+        rejected_labels=rejected_labels,
+        rejected=table_to_post_grid(result.rejected, rejected_labels, k),
     )
 
 
