@@ -3,7 +3,7 @@
 Run from the repository root (needs ../shared/data; elastix from the ``benchmark`` extra)::
 
     .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0] [--ovoid]
-        [--cases PREFIX] [--overrides JSON] [--zero-background]
+        [--cases PREFIX] [--overrides JSON] [--zero-background] [--slices MM] [--pipeline NAME]
 
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
@@ -159,6 +159,33 @@ def move(volume, rng):
     return resample_volume(volume, volume, m)
 
 
+def acquire_slices(volume, mm: int, *, labels: bool = False):
+    """``volume`` (1 mm slices) as a 2-D acquisition of ``mm`` mm slices would store it.
+
+    Every ``mm`` consecutive slices along the voxel axis closest to S are averaged into one
+    (labels: their largest value, so a lesion keeps every thick voxel it touches); the affine
+    keeps the world position of each thick slice's centre. A model of thick-slice partial
+    volume, not of a spin-echo sequence's contrast.
+    """
+    from gdlesion.io import Volume
+
+    data = np.asarray(volume.data)
+    ax = int(np.argmax(np.abs(volume.affine[2, :3])))
+    n = data.shape[ax] // mm * mm
+    data = np.take(data, np.arange(n), axis=ax)
+    shape = list(data.shape)
+    shape[ax] //= mm
+    shape.insert(ax + 1, mm)
+    data = data.reshape(shape)
+    data = data.max(axis=ax + 1) if labels else data.mean(axis=ax + 1, dtype=np.float32)
+    scale = np.ones(3)
+    scale[ax] = mm
+    affine = volume.affine.copy()
+    affine[:3, :3] = volume.affine[:3, :3] * scale
+    affine[:3, 3] = volume.affine[:3, :3] @ ((scale - 1) / 2) + volume.affine[:3, 3]
+    return Volume(data, affine, volume.name)
+
+
 # --- one study in a fresh process -------------------------------------------------------------
 
 
@@ -202,6 +229,16 @@ def _study(case: dict) -> dict:
         atlas = DATA / "tcga_fg_6692" / "atlas"
         pre = load_volume(atlas / "T1w_pre_brain.nii.gz")
         post = load_volume(atlas / "T1w_post_gad_brain.nii.gz")
+    mm = case.get("slices") or 0
+    if mm and (kind.startswith("lesjak") or case.get("res") == "1mm"):
+        if truth is not None:
+            truth = np.asarray(acquire_slices(post.with_data(truth), mm, labels=True).data)
+            enh = np.asarray(acquire_slices(post.with_data(enh), mm, labels=True).data)
+        pre, post = acquire_slices(pre, mm), acquire_slices(post, mm)
+        if flair is not None:
+            flair = acquire_slices(
+                load_volume(flair) if isinstance(flair, Path) else flair, mm
+            )
     start = time.perf_counter()
     result = run_study(
         pre, post, flair=flair, params=case.get("pipeline"), overrides=case.get("overrides")
@@ -360,6 +397,12 @@ def main() -> None:
     ap.add_argument("--ovoid", action="store_true",
                     help="plant ovoid lesions (axes 1-2:1, random orientation, same positions, "
                          "volumes and contrasts) instead of balls in the Lesjak pairs")
+    ap.add_argument("--slices", type=int, default=0, metavar="MM",
+                    help="average every MM slices of the 1 mm cases (Lesjak pairs and their "
+                         "FLAIR, 1 mm simulated heads) into one, as a 2-D acquisition of MM mm "
+                         "slices; truth and scores on that grid")
+    ap.add_argument("--pipeline", default=None,
+                    help="preset for every case instead of the automatic choice")
     ap.add_argument("--skip-speed", action="store_true",
                     help="detection quality only: no elastix / CLI timing rounds (A/B of a "
                          "parameter; the speed columns print nan)")
@@ -409,6 +452,9 @@ def main() -> None:
     for c in cases:
         c["ovoid"] = args.ovoid
         c["overrides"] = args.overrides
+        c["slices"] = args.slices
+        if args.pipeline:
+            c["pipeline"] = args.pipeline
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
