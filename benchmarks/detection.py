@@ -3,7 +3,8 @@
 Run from the repository root (needs ../shared/data; elastix from the ``benchmark`` extra)::
 
     .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0] [--ovoid]
-        [--cases PREFIX] [--overrides JSON] [--zero-background] [--slices MM] [--pipeline NAME]
+        [--cases PREFIX] [--overrides JSON] [--zero-background] [--slices MM] [--half-voxel]
+        [--pipeline NAME]
 
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
@@ -186,6 +187,23 @@ def acquire_slices(volume, mm: int, *, labels: bool = False):
     return Volume(data, affine, volume.name)
 
 
+def shift_half_voxel(volume, *, labels: bool = False):
+    """``volume`` resampled on its own grid moved by half a voxel along each axis (linear).
+
+    What a reorientation or a resampling onto another 1 mm grid does to a scan: the same
+    resolution, one more interpolation (labels: nearest neighbour).
+    """
+    from gdlesion.io import Volume
+
+    data = np.asarray(volume.data)
+    coords = np.indices(data.shape, dtype=np.float32) + np.float32(0.5)
+    out = ndi.map_coordinates(data.astype(np.float32), coords, order=0 if labels else 1,
+                              mode="nearest")
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, :3] @ np.full(3, 0.5)
+    return Volume(out.astype(data.dtype) if labels else out, affine, volume.name)
+
+
 # --- one study in a fresh process -------------------------------------------------------------
 
 
@@ -229,6 +247,13 @@ def _study(case: dict) -> dict:
         atlas = DATA / "tcga_fg_6692" / "atlas"
         pre = load_volume(atlas / "T1w_pre_brain.nii.gz")
         post = load_volume(atlas / "T1w_post_gad_brain.nii.gz")
+    if case.get("half_voxel") and (kind.startswith("lesjak") or case.get("res") == "1mm"):
+        if truth is not None:
+            truth = np.asarray(shift_half_voxel(post.with_data(truth), labels=True).data)
+            enh = np.asarray(shift_half_voxel(post.with_data(enh), labels=True).data)
+        pre, post = shift_half_voxel(pre), shift_half_voxel(post)
+        if flair is not None:
+            flair = shift_half_voxel(load_volume(flair) if isinstance(flair, Path) else flair)
     mm = case.get("slices") or 0
     if mm and (kind.startswith("lesjak") or case.get("res") == "1mm"):
         if truth is not None:
@@ -401,6 +426,10 @@ def main() -> None:
                     help="average every MM slices of the 1 mm cases (Lesjak pairs and their "
                          "FLAIR, 1 mm simulated heads) into one, as a 2-D acquisition of MM mm "
                          "slices; truth and scores on that grid")
+    ap.add_argument("--half-voxel", action="store_true",
+                    help="resample the 1 mm cases (Lesjak pairs and their FLAIR, 1 mm simulated "
+                         "heads) on their grid moved by half a voxel (linear), as a reorientation "
+                         "would: same resolution, one more interpolation; truth on that grid")
     ap.add_argument("--pipeline", default=None,
                     help="preset for every case instead of the automatic choice")
     ap.add_argument("--skip-speed", action="store_true",
@@ -453,6 +482,7 @@ def main() -> None:
         c["ovoid"] = args.ovoid
         c["overrides"] = args.overrides
         c["slices"] = args.slices
+        c["half_voxel"] = args.half_voxel
         if args.pipeline:
             c["pipeline"] = args.pipeline
     ctx = mp.get_context("spawn")
