@@ -18,6 +18,7 @@ from gdlesion.segment import (
     hysteresis_components,
     refine_boundaries,
     regrow_small,
+    residual_fwhm,
     split_touching,
 )
 
@@ -38,6 +39,31 @@ def test_hysteresis_thresholds_are_inclusive():
     assert n == 1
     assert labels[2, 2, 2] == labels[2, 3, 2] == 1
     assert labels[6, 6, 5] == 0
+
+
+@pytest.mark.parametrize("fwhm_mm", [2.5, 3.5])  # >= 1.7 voxels on every axis
+def test_residual_fwhm_recovers_the_smoothing_of_noise(rng, fwhm_mm):
+    from scipy import ndimage as ndi
+
+    zooms = np.array([1.0, 0.8, 1.4])  # unequal voxels: the FWHM is in mm on every axis
+    noise = rng.normal(size=(96, 110, 70)).astype(np.float32)
+    smooth = ndi.gaussian_filter(noise, fwhm_mm / 2.3548 / zooms)
+    mask = _ball(noise.shape, (48, 55, 35), 34)
+    smooth[~mask] += 50.0  # what lies outside the brain does not count
+    got = residual_fwhm(smooth, mask, zooms)
+    np.testing.assert_allclose(got, fwhm_mm, rtol=0.08)
+    # a lesion-sized blob and a bright edge inside the brain barely move it (robust variances)
+    blob = smooth.copy()
+    blob[_ball(blob.shape, (48, 55, 35), 4)] += 20 * float(smooth[mask].std())
+    np.testing.assert_allclose(residual_fwhm(blob, mask, zooms), got, rtol=0.03)
+
+
+def test_residual_fwhm_of_white_noise_and_of_too_small_a_mask(rng):
+    noise = rng.normal(size=(60, 60, 60)).astype(np.float32)
+    mask = np.ones(noise.shape, bool)
+    assert (residual_fwhm(noise, mask, np.ones(3)) < 1.0).all()  # no correlation: under a voxel
+    tiny = _ball(noise.shape, (30, 30, 30), 3)
+    assert residual_fwhm(noise, tiny, np.ones(3)).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_split_touching_separates_two_peaks_but_not_a_plateau():

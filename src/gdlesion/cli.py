@@ -12,7 +12,7 @@ import contextlib
 import gc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import typer
@@ -254,7 +254,8 @@ def inspect_command(
                 f"{reg.similarity_after:.3f}, "
                 f"overlap {reg.overlap_fraction:.0%}, "
                 f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm\n"
-                f"pipeline: {result.pipeline}"
+                + _smoothness_line(result.stats, result.post.zooms)
+                + f"pipeline: {result.pipeline}"
                 + (" (chosen from slice thickness and FLAIR)" if pipeline == AUTO else "")
                 + _work_grid_note(result.stats)
             )
@@ -505,6 +506,16 @@ def report_command(
     for message in problems:
         err_console.print(Text.assemble(("not rebuilt: ", "bold yellow"), message), soft_wrap=True)
     console.print(Text(f"wrote {len(pages)} page(s); open {pages[-1]}"), soft_wrap=True)
+
+
+def _smoothness_line(stats: dict[str, float], zooms: Iterable[float]) -> str:
+    """Give the residual's smoothness beside the voxel size (gdlesion.segment.residual_fwhm)."""
+    fwhm = [float(stats.get(f"residual_fwhm_mm_{a}", 0.0)) for a in "ijk"]
+    if not any(fwhm):
+        return ""
+    smooth = " x ".join(f"{f:.1f}" for f in fwhm)
+    voxel = " x ".join(f"{z:.2g}" for z in zooms)
+    return f"smoothness: residual FWHM {smooth} mm (voxels {voxel} mm)\n"
 
 
 def _work_grid_note(stats: dict[str, float]) -> str:

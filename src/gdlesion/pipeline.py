@@ -421,7 +421,7 @@ def _detect(
     from .measure import CONTEXT_COLUMNS, context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
     from .rules import apply_rules
-    from .segment import enhancement_map, find_candidates, robust_sigma
+    from .segment import enhancement_map, find_candidates, residual_fwhm, robust_sigma
 
     p = prep.params if params is None else params
     post_v, box, mask, mask_c = prep.post, prep.box, prep.mask, prep.mask_c
@@ -439,12 +439,14 @@ def _detect(
         )
         z, resid_s, sigma = enhancement_map(post_c, pre_mapped, mask_c, zooms, params=p)
         residual = post_c - pre_mapped
+        fwhm_job = pool.submit(residual_fwhm, residual, mask_c, zooms)
         candidates, n_cand = find_candidates(
             z, resid_s, residual, mask_c, zooms, params=p
         )
         del resid_s
         stage("measures")
         maps = maps_job.result()
+        fwhm = fwhm_job.result()
     flair_z = None
     if prep.flair_c is not None:
         med, sd = robust_sigma(prep.flair_c[mask_c])
@@ -550,6 +552,10 @@ def _detect(
             "nawm_level": round(nawm_level, 6),
             "brain_volume_ml": round(float(mask.sum()) * post_v.voxel_volume_mm3 / 1000.0, 3),
             "candidate_count": int(n_cand),
+            **{
+                f"residual_fwhm_mm_{a}": round(float(f), 3)
+                for a, f in zip("ijk", fwhm, strict=True)
+            },
         },
         inputs={
             "pre": prep.pre.name, "post": post_v.name,
