@@ -86,18 +86,27 @@ def insert_flair_lesions(flair, post, truth, rng):
     return flair.with_data(data)
 
 
-def insert_lesions(pre, post, n, rng, shape_rng=None):
+def insert_lesions(pre, post, n, rng, shape_rng=None, psf_fwhm_mm=0.0):
     """Return (pre, post, truth_labels, enhancing_truth, diameters) with ``n`` planted lesions.
 
     Lesions are balls unless ``shape_rng`` is given: then each is an ovoid of the
     same volume (long axis 1-2x the short ones, random orientation; MS lesions are
     ovoid), drawn from ``shape_rng`` so that positions and contrasts stay those of
     the balls.
+
+    With ``psf_fwhm_mm`` > 0 (mm; one value or one per voxel axis) the lesion
+    (its enhancement and its T1 darkening) is blurred by a Gaussian of that
+    FWHM, as the scan's own point-spread function blurs a real lesion; the
+    truth stays the sharp shape. The Lesjak scans' residual is ~2 mm FWHM
+    in-plane, ~3 mm across slices (``summary.json`` ``residual_fwhm_mm_*``,
+    :func:`scan_fwhm`). 0 (the default) plants sharp lesions, as the floors
+    were measured.
     """
     from gdlesion.preprocess import estimate_brain_mask, tissue_thresholds
 
     mask = estimate_brain_mask(post.data, post.affine)
     _, gm_wm = tissue_thresholds(post.data, mask)
+    psf = np.broadcast_to(np.asarray(psf_fwhm_mm, dtype=float), (3,))
     wm = ndi.binary_erosion(mask & (ndi.gaussian_filter(post.data, 1.0) > gm_wm), iterations=2)
     depth = ndi.distance_transform_edt(mask)
     nawm = float(np.median(post.data[wm]))
@@ -119,7 +128,7 @@ def insert_lesions(pre, post, n, rng, shape_rng=None):
                 if wm[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].mean() > 0.7:
                     break
         placed.append((c, r))
-        reach = r * (1.6 if shape_rng is not None else 1.0)
+        reach = r * (1.6 if shape_rng is not None else 1.0) + 1.5 * psf.max()
         lo, hi = np.floor(c - reach - 1).astype(int), np.ceil(c + reach + 2).astype(int)
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         sub = (np.arange(3) - 1) / 3.0
@@ -139,14 +148,33 @@ def insert_lesions(pre, post, n, rng, shape_rng=None):
         rim = (
             whole if not ring else ((dist <= r) & (dist >= r - np.clip(0.18 * d, 1, 2.5))).mean(-1)
         )
+        truth[box][whole >= 0.25] = k + 1
+        enh_truth[box] |= rim >= 0.5
+        if psf.max() > 0:  # the scan's point-spread function: a real lesion is no sharper
+            zooms = np.sqrt((post.affine[:3, :3] ** 2).sum(0))
+            sig = psf / 2.3548 / zooms
+            whole = ndi.gaussian_filter(whole, sig, mode="constant")
+            rim = ndi.gaussian_filter(rim, sig, mode="constant")
         contrast = rng.uniform(0.2, 0.6)
         drop = rng.uniform(0.0, 0.15)
         pre_d[box] *= 1 - drop * whole
         post_d[box] = post_d[box] * (1 - drop * whole) + contrast * nawm * rim
-        truth[box][whole >= 0.25] = k + 1
-        enh_truth[box] |= rim >= 0.5
         specs.append((k + 1, d, "ring" if ring else "nodular", round(contrast, 2)))
     return pre.with_data(pre_d), post.with_data(post_d), truth, enh_truth, specs
+
+
+def scan_fwhm(pre, post):
+    """The smoothness (FWHM, mm per voxel axis) of a co-registered pair's residual.
+
+    As ``summary.json`` ``residual_fwhm_mm_*`` reports it for an unmodified
+    Lesjak pair (the pairs are already co-registered).
+    """
+    from gdlesion.preprocess import conditional_median_mapping, estimate_brain_mask
+    from gdlesion.segment import residual_fwhm
+
+    mask = estimate_brain_mask(post.data, post.affine)
+    mapped = conditional_median_mapping(pre.data, post.data, mask)
+    return residual_fwhm(post.data - mapped, mask, post.zooms)
 
 
 def move(volume, rng):
@@ -233,7 +261,10 @@ def _study(case: dict) -> dict:
         post = load_volume(folder / "T1POST.nii.gz")
         if kind.startswith("lesjak+ins"):
             shape_rng = np.random.default_rng(case["seed"] + 7919) if case.get("ovoid") else None
-            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng, shape_rng)
+            psf = case.get("lesion_fwhm", 0.0)
+            if psf == "auto":
+                psf = scan_fwhm(pre, post)
+            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng, shape_rng, psf)
             pre = move(pre, rng)
         if kind == "lesjak+flair":
             flair = folder / "FLAIR.nii.gz"
@@ -407,6 +438,10 @@ def inspect_cli_seconds(patient: str) -> float:
         return time.perf_counter() - start
 
 
+def _fwhm_arg(text: str):
+    return "auto" if text == "auto" else float(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sims", type=int, default=2, help="simulated studies per resolution")
@@ -432,6 +467,9 @@ def main() -> None:
                          "would: same resolution, one more interpolation; truth on that grid")
     ap.add_argument("--pipeline", default=None,
                     help="preset for every case instead of the automatic choice")
+    ap.add_argument("--lesion-fwhm", type=_fwhm_arg, default=0.0, metavar="MM|auto",
+                    help="blur the lesions planted in the Lesjak pairs by a Gaussian of this FWHM "
+                         "(auto: each pair's own residual smoothness, per axis)")
     ap.add_argument("--skip-speed", action="store_true",
                     help="detection quality only: no elastix / CLI timing rounds (A/B of a "
                          "parameter; the speed columns print nan)")
@@ -483,6 +521,7 @@ def main() -> None:
         c["overrides"] = args.overrides
         c["slices"] = args.slices
         c["half_voxel"] = args.half_voxel
+        c["lesion_fwhm"] = args.lesion_fwhm
         if args.pipeline:
             c["pipeline"] = args.pipeline
     ctx = mp.get_context("spawn")
