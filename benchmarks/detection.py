@@ -4,7 +4,7 @@ Run from the repository root (needs ../shared/data; elastix from the ``benchmark
 
     .venv/bin/python benchmarks/detection.py [--sims 2] [--lesions 10] [--seed 0] [--ovoid]
         [--cases PREFIX] [--overrides JSON] [--zero-background] [--slices MM] [--half-voxel]
-        [--pipeline NAME]
+        [--pipeline NAME] [--lesion-fwhm MM]
 
 Cases (each study runs in its own fresh process, so its peak RSS is measured alone):
 
@@ -20,7 +20,9 @@ Cases (each study runs in its own fresh process, so its peak RSS is measured alo
 * ``lesjak-pNN+ins``: the real Lesjak pair with ``--lesions`` synthetic lesions inserted in deep
   white matter (nodular and ring, 2-14 mm, enhancement 20-60 % of white matter, partial volume by
   3x3x3 supersampling, slightly T1-hypointense on both scans) and the pre scan moved by a random
-  rigid transform (<= 3 deg, <= 3 mm, resampled).
+  rigid transform (<= 3 deg, <= 3 mm, resampled). ``--lesion-fwhm MM`` blurs the planted
+  lesions by a Gaussian of that FWHM (a softer scan's point-spread function; see
+  ``benchmarks/sharpness.py`` for how sharp the Lesjak scans are).
 * ``lesjak-pNN``: the unmodified real pair (no known enhancing lesion; every detection is listed);
   ``lesjak-pNN+flair``: the same with ``--flair``.
 * ``tcga-atlas``: the glioma; Dice of the main (largest) lesion against label 4.
@@ -96,11 +98,11 @@ def insert_lesions(pre, post, n, rng, shape_rng=None, psf_fwhm_mm=0.0):
 
     With ``psf_fwhm_mm`` > 0 (mm; one value or one per voxel axis) the lesion
     (its enhancement and its T1 darkening) is blurred by a Gaussian of that
-    FWHM, as the scan's own point-spread function blurs a real lesion; the
-    truth stays the sharp shape. The Lesjak scans' residual is ~2 mm FWHM
-    in-plane, ~3 mm across slices (``summary.json`` ``residual_fwhm_mm_*``,
-    :func:`scan_fwhm`). 0 (the default) plants sharp lesions, as the floors
-    were measured.
+    FWHM, as a softer scan's point-spread function would blur a real lesion;
+    the truth stays the sharp shape. 0 (the default) plants sharp lesions,
+    which is how the floors were measured and fits the Lesjak scans: their
+    tissue edges are as sharp as a ~0.5-0.7 mm blur (``benchmarks/README.md``,
+    eighteenth session), although their residual noise is ~2 mm FWHM.
     """
     from gdlesion.preprocess import estimate_brain_mask, tissue_thresholds
 
@@ -161,20 +163,6 @@ def insert_lesions(pre, post, n, rng, shape_rng=None, psf_fwhm_mm=0.0):
         post_d[box] = post_d[box] * (1 - drop * whole) + contrast * nawm * rim
         specs.append((k + 1, d, "ring" if ring else "nodular", round(contrast, 2)))
     return pre.with_data(pre_d), post.with_data(post_d), truth, enh_truth, specs
-
-
-def scan_fwhm(pre, post):
-    """The smoothness (FWHM, mm per voxel axis) of a co-registered pair's residual.
-
-    As ``summary.json`` ``residual_fwhm_mm_*`` reports it for an unmodified
-    Lesjak pair (the pairs are already co-registered).
-    """
-    from gdlesion.preprocess import conditional_median_mapping, estimate_brain_mask
-    from gdlesion.segment import residual_fwhm
-
-    mask = estimate_brain_mask(post.data, post.affine)
-    mapped = conditional_median_mapping(pre.data, post.data, mask)
-    return residual_fwhm(post.data - mapped, mask, post.zooms)
 
 
 def move(volume, rng):
@@ -261,10 +249,9 @@ def _study(case: dict) -> dict:
         post = load_volume(folder / "T1POST.nii.gz")
         if kind.startswith("lesjak+ins"):
             shape_rng = np.random.default_rng(case["seed"] + 7919) if case.get("ovoid") else None
-            psf = case.get("lesion_fwhm", 0.0)
-            if psf == "auto":
-                psf = scan_fwhm(pre, post)
-            pre, post, truth, enh, specs = insert_lesions(pre, post, case["n"], rng, shape_rng, psf)
+            pre, post, truth, enh, specs = insert_lesions(
+                pre, post, case["n"], rng, shape_rng, case.get("lesion_fwhm", 0.0)
+            )
             pre = move(pre, rng)
         if kind == "lesjak+flair":
             flair = folder / "FLAIR.nii.gz"
@@ -438,10 +425,6 @@ def inspect_cli_seconds(patient: str) -> float:
         return time.perf_counter() - start
 
 
-def _fwhm_arg(text: str):
-    return "auto" if text == "auto" else float(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sims", type=int, default=2, help="simulated studies per resolution")
@@ -467,9 +450,9 @@ def main() -> None:
                          "would: same resolution, one more interpolation; truth on that grid")
     ap.add_argument("--pipeline", default=None,
                     help="preset for every case instead of the automatic choice")
-    ap.add_argument("--lesion-fwhm", type=_fwhm_arg, default=0.0, metavar="MM|auto",
+    ap.add_argument("--lesion-fwhm", type=float, default=0.0, metavar="MM",
                     help="blur the lesions planted in the Lesjak pairs by a Gaussian of this FWHM "
-                         "(auto: each pair's own residual smoothness, per axis)")
+                         "(a softer scan's point-spread function; 0: sharp lesions)")
     ap.add_argument("--skip-speed", action="store_true",
                     help="detection quality only: no elastix / CLI timing rounds (A/B of a "
                          "parameter; the speed columns print nan)")

@@ -74,13 +74,17 @@ def residual_fwhm(
     (:func:`robust_sigma`) over the brain eroded by ``erode`` voxels, so that
     edges, vessels and lesions do not count; a Gaussian kernel of that FWHM
     applied to white noise gives the same ``rho``, so
-    ``FWHM = zoom * sqrt(-2 ln 2 / ln rho)``. The residual's noise has the
-    scans' own point-spread function: a lesion in these scans is blurred by
-    about as much (the planted-lesion benchmark measures what that costs,
-    ``benchmarks/detection.py --lesion-fwhm``). White noise gives less than
-    one voxel; the real Lesjak pairs (1 mm, resampled to MNI space) give
-    1.7-2.2 mm in-plane and 2.6-3.0 mm across slices. An axis whose voxels are
-    much longer than the smoothness gives about its own voxel size or less.
+    ``FWHM = zoom * sqrt(-2 ln 2 / ln rho)``. It is the smoothness of what
+    the detection calls noise (thermal noise and the small pre/post
+    differences of tissue, flow and partial volume), the FWHM that SPM and
+    AFNI use to count resolution elements; it is not the scans' resolution: on
+    the real Lesjak pairs (1 mm, resampled to MNI space) the residual is
+    1.7-2.2 mm in-plane and 2.6-3.0 mm across slices while their tissue edges
+    are as sharp as a ~0.5-0.7 mm Gaussian blur (``benchmarks/README.md``).
+    Simulated 1 mm heads give ~0.8 mm. One more linear resampling raises it
+    (by ~1 mm on the Lesjak pairs moved by half a voxel), and the detection's
+    rules were chosen on the values above. An axis whose voxels are much
+    longer than the smoothness gives about its own voxel size or less.
     Pairs are taken on every ``stride``-th line across each axis (the
     variances need far fewer voxels than a brain holds).
 
