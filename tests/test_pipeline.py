@@ -635,8 +635,8 @@ def test_voxel_axis_order_does_not_change_real_lesions(lesjak_dir):
     other = run_study(_reoriented(pre, ("L", "P", "I")), _reoriented(post, ("P", "S", "L")))
     assert all((first.labels[ball] > 0).any() for ball in balls)
     _same_lesions_in_world(first, other, volume_rtol=0.05, centroid_mm=0.5)
-    # the residual's smoothness is the scans' own (1 mm, resampled to MNI space: ~2 mm in-plane,
-    # ~3 mm across) and follows the axes: other's i, j, k are first's y, z, x
+    # the residual's smoothness (on these pairs ~2 mm in-plane, ~3 mm across slices) follows the
+    # axes: other's i, j, k are first's y, z, x
     fwhm = np.array([first.stats[f"residual_fwhm_mm_{a}"] for a in "ijk"])
     moved = np.array([other.stats[f"residual_fwhm_mm_{a}"] for a in "ijk"])
     assert ((fwhm > 1.5) & (fwhm < 3.5)).all(), fwhm

@@ -102,7 +102,7 @@ def residual_fwhm(
     every = (slice(None, None, stride),) * 3
     _, sd = robust_sigma(residual[every][inner[every]])
     for axis in range(3):
-        # pairs along ``axis`` on every other line across it: a quarter of the work
+        # pairs along ``axis`` on every ``stride``-th line across it (2: a quarter of the work)
         lo = [slice(None, None, stride)] * 3
         hi = [slice(None, None, stride)] * 3
         lo[axis], hi[axis] = slice(0, -1), slice(1, None)
