@@ -217,41 +217,41 @@ def _table(**values):
         ({"edge_fraction": 0.9, "blob_ratio": np.nan}, "brain_edge"),
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
         # a round, strongly significant nodule in tissue on the ventricular wall is not plexus
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.5, "csf_distance_mm": 2.0}, ""),
-        ({"ventricle_fraction": 1.0, "max_z": 7.9, "blob_ratio": 0.5, "csf_distance_mm": 2.0},
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.5, "csf_distance_mm": 2.0}, ""),
+        ({"ventricle_fraction": 1.0, "max_z": 5.9, "blob_ratio": 0.5, "csf_distance_mm": 2.0},
          "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.49, "csf_distance_mm": 2.0},
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.49, "csf_distance_mm": 2.0},
          "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.5, "csf_distance_mm": 1.9},
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.5, "csf_distance_mm": 1.9},
          "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "csf_distance_mm": 2.0, "pattern": "ring"},
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "csf_distance_mm": 2.0, "pattern": "ring"},
          "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": np.nan, "csf_distance_mm": 2.0},
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": np.nan, "csf_distance_mm": 2.0},
          "choroid_plexus"),
         # a large compact one counts as round whatever its peak
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
           "volume_mm3": 100.0, "compactness": 3.0}, ""),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
           "volume_mm3": 99.9, "compactness": 3.0}, "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.45, "csf_distance_mm": 2.0,
           "volume_mm3": 100.0, "compactness": 3.01}, "choroid_plexus"),
-        ({"ventricle_fraction": 1.0, "max_z": 8.0, "blob_ratio": 0.45, "csf_distance_mm": 1.9,
+        ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.45, "csf_distance_mm": 1.9,
           "volume_mm3": 100.0, "compactness": 3.0}, "choroid_plexus"),
         ({"csf_distance_mm": 1.0}, "csf_space"),
         ({"csf_distance_mm": 1.1}, ""),
         # a strongly significant ring: its non-enhancing core is dark like CSF
         ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 8.0}, ""),
         ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 7.99}, "csf_space"),
-        ({"csf_distance_mm": 0.0, "max_z": 8.0}, "csf_space"),
+        ({"csf_distance_mm": 0.0, "max_z": 6.0}, "csf_space"),
         ({"csf_distance_mm": 0.0, "pattern": "ring", "max_z": 8.0, "blob_ratio": np.nan},
          "csf_space"),
         # a large compact strongly significant nodule: a T1-dark lesion open to a sulcus
-        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 100.0, "compactness": 3.0}, ""),
-        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 99.9, "compactness": 3.0},
+        ({"csf_distance_mm": 0.0, "max_z": 6.0, "volume_mm3": 100.0, "compactness": 3.0}, ""),
+        ({"csf_distance_mm": 0.0, "max_z": 6.0, "volume_mm3": 99.9, "compactness": 3.0},
          "csf_space"),
-        ({"csf_distance_mm": 0.0, "max_z": 8.0, "volume_mm3": 100.0, "compactness": 3.01},
+        ({"csf_distance_mm": 0.0, "max_z": 6.0, "volume_mm3": 100.0, "compactness": 3.01},
          "csf_space"),
-        ({"csf_distance_mm": 0.0, "max_z": 7.99, "volume_mm3": 100.0, "compactness": 3.0},
+        ({"csf_distance_mm": 0.0, "max_z": 5.99, "volume_mm3": 100.0, "compactness": 3.0},
          "csf_space"),
         ({"flair_z": 0.45}, "no_flair_lesion"),
         ({"flair_z": 0.5}, ""),
@@ -265,22 +265,22 @@ def _table(**values):
         ({"conspicuity": 3.0, "blob_ratio": 0.6}, ""),
         ({"conspicuity": 3.0, "blob_ratio": 0.5, "pattern": "ring"}, ""),
         ({"conspicuity": 3.0, "blob_ratio": np.nan}, ""),
-        # a round (blob ratio >= 0.7), strong (z >= 8) peak needs a conspicuity of only 2
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.7}, ""),
-        ({"conspicuity": 1.99, "max_z": 8.0, "blob_ratio": 0.7}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 7.99, "blob_ratio": 0.7}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.69}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": np.nan}, "inconspicuous"),
+        # a round (blob ratio >= 0.7), strong (z >= 6) peak needs a conspicuity of only 2
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.7}, ""),
+        ({"conspicuity": 1.99, "max_z": 6.0, "blob_ratio": 0.7}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 5.99, "blob_ratio": 0.7}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.69}, "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": np.nan}, "inconspicuous"),
         # a large compact candidate counts as round whatever its peak's blob ratio
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
           "compactness": 3.0}, ""),
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 99.9,
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.5, "volume_mm3": 99.9,
           "compactness": 3.0}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.5, "volume_mm3": 100.0,
           "compactness": 3.01}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 7.99, "blob_ratio": 0.5, "volume_mm3": 100.0,
+        ({"conspicuity": 2.0, "max_z": 5.99, "blob_ratio": 0.5, "volume_mm3": 100.0,
           "compactness": 3.0}, "inconspicuous"),
-        ({"conspicuity": 2.0, "max_z": 8.0, "blob_ratio": 0.5, "volume_mm3": 400.0,
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.5, "volume_mm3": 400.0,
           "compactness": 2.0, "pattern": "ring"}, "inconspicuous"),
     ],
 )
@@ -457,11 +457,11 @@ def test_faint_rule_inclusive_and_off_in_clinical_2d():
 
 def test_faint_rule_lets_a_significant_round_nodule_enhance_from_20_percent():
     p = DetectionParams()  # 25 %, 20 % for a compact, round, strongly significant nodule
-    nodule = {"max_z": 8.0, "blob_ratio": 0.6, "compactness": 2.0, "conspicuity": 5.0}
+    nodule = {"max_z": 6.0, "blob_ratio": 0.6, "compactness": 2.0, "conspicuity": 5.0}
     assert apply_rules(_table(max_enhancement_pct=20.0, **nodule), p).tolist() == [""]
     assert apply_rules(_table(max_enhancement_pct=19.9, **nodule), p).tolist() == ["faint"]
     # each condition is needed: weakly significant, flat peak, extended shell, ring
-    for change in ({"max_z": 7.9}, {"blob_ratio": 0.59}, {"compactness": 6.0},
+    for change in ({"max_z": 5.9}, {"blob_ratio": 0.59}, {"compactness": 6.0},
                    {"pattern": "ring"}):
         table = _table(max_enhancement_pct=22.0, **dict(nodule, **change))
         assert apply_rules(table, p).tolist() == ["faint"], change

@@ -243,11 +243,21 @@ class DetectionParams:
     min_conspicuity_round, round_blob_ratio, round_min_z : float
         A non-ring candidate whose peak is a round ball (``blob_ratio >=
         round_blob_ratio``, 0.7) and strongly significant (``max_z >=
-        round_min_z``, 8 noise units) needs a conspicuity of only
+        round_min_z``, 6 noise units; 8 until the eighteenth session, see
+        ``benchmarks/README.md``) needs a conspicuity of only
         ``min_conspicuity_round`` (2, the ``flair`` preset's value): a round
         nodule beside a vein stands out less from its surroundings than
         from the brain, and what the stricter conspicuity removes (texture,
         vessel cross-sections) is not round. 0 disables it (``clinical-2d``).
+        ``round_min_z`` is also the "strongly significant" level of the
+        ``faint`` nodule limit and of the CSF-space and plexus exemptions.
+        6 instead of 8, measured (default and ``flair`` presets): on the
+        Lesjak pairs with lesions planted by seed 6, two more of 24 found
+        without FLAIR (a 3 mm round nodule peaking at z 7.1, a 6 mm nodule
+        enhancing by 24 % at z 7.7); no other change on seeds 0, 3, 9 and
+        12, planted ovoids, lesions blurred by 1-2 mm, 12 simulated 1 mm
+        heads, the standard benchmark and the unmodified pairs (the round
+        foci a lower level would admit there peak at z 5.3).
     round_min_volume_mm3, round_max_compactness : float
         A non-ring candidate of at least ``round_min_volume_mm3`` (100 mm3, a
         6 mm ball) whose ``compactness`` is at most ``round_max_compactness``
@@ -383,7 +393,7 @@ class DetectionParams:
     round_blob_ratio: float = 0.7
     round_min_volume_mm3: float = 100.0
     round_max_compactness: float = 3.0
-    round_min_z: float = 8.0
+    round_min_z: float = 6.0
     edge_margin_mm: float = 3.0
     edge_fraction: float = 0.5
     edge_round_blob_ratio: float = 0.6

@@ -49,7 +49,7 @@ def faint(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
     A compact nodule (not a ring, ``compactness < vessel_min_compactness``)
     whose peak is not elongated (``blob_ratio >= elongated_blob_ratio``, 0.6)
-    and strongly significant (``max_z >= round_min_z``, 8 noise units) needs
+    and strongly significant (``max_z >= round_min_z``, 6 noise units) needs
     only ``min_enhancement_pct_nodule`` (20 in the default preset, the
     ``flair`` preset's level). The simulator's lesions enhance by 15-90 %; the
     faint ones of 3-5 mm peak at 22-24 % and were lost to the 25 % level,
@@ -185,7 +185,7 @@ def inconspicuous(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
     A non-ring candidate whose peak is a round ball (``blob_ratio >=
     round_blob_ratio``, 0.7) and strongly significant (``max_z >=
-    round_min_z``, 8) needs only ``min_conspicuity_round`` (2 in the default
+    round_min_z``, 6) needs only ``min_conspicuity_round`` (2 in the default
     preset; 0 is off). Lesions planted in the Lesjak pairs beside veins (a
     5 mm nodule, conspicuity 2.2, and a 4 mm one, 2.4) were lost to the
     stricter value. Measured on four benchmark sets: those lesions found (one
@@ -297,7 +297,7 @@ def csf_space(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
 
     A large compact nodule is exempt too: a non-ring candidate of at least
     ``csf_nodule_min_volume_mm3`` (100 mm3, a 6 mm ball) with ``compactness <=
-    round_max_compactness`` (3) peaking at ``max_z >= round_min_z`` (8). An
+    round_max_compactness`` (3) peaking at ``max_z >= round_min_z`` (6). An
     enhancing lesion that is T1-dark on the pre scan and opens into a sulcus or
     a ventricle is, on the pre scan, part of that CSF space (a simulated 12.5
     mm nodule enhancing by 84 % at z 101 was rejected so), while what the rule
@@ -337,7 +337,7 @@ def choroid_plexus(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     A small lesion on the ventricular wall is all within that band, so a
     nodule is exempt: a non-ring candidate whose peak is round
     (``blob_ratio >= plexus_nodule_blob_ratio``, 0.5), strongly significant
-    (``max_z >= round_min_z``, 8) and whose core lies in tissue
+    (``max_z >= round_min_z``, 6) and whose core lies in tissue
     (``csf_distance_mm >= plexus_nodule_csf_mm``, 2 mm). The plexus is a
     ribbon along the ventricle: its peaks are tube-like (blob ratio 0.30-0.43
     on 67 simulated 1 mm heads and the unmodified Lesjak pairs, for every
