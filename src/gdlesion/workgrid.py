@@ -7,9 +7,10 @@ by an integer factor per axis (:func:`subdivision_factors`): each post voxel
 becomes ``ki x kj x kk`` working voxels, the post scan is interpolated
 linearly onto them, and the pre scan (and FLAIR) are registered and
 resampled there directly. The results come back to the post grid block by
-block (:func:`to_post_grid`): because the working grid is an exact
-subdivision, each post voxel is the union of its own working voxels, with no
-second interpolation. Pure numpy/scipy; no I/O.
+block (:func:`block_labels`, :func:`block_mean`, :func:`block_any`,
+:func:`table_to_post_grid`; put together by ``gdlesion.pipeline``): because
+the working grid is an exact subdivision, each post voxel is the union of its
+own working voxels, with no second interpolation. Pure numpy/scipy; no I/O.
 """
 
 from __future__ import annotations
