@@ -508,7 +508,6 @@ def main() -> None:
         if args.pipeline:
             c["pipeline"] = args.pipeline
     ctx = mp.get_context("spawn")
-    tmp = tempfile.mkdtemp(prefix="gdlesion-bench-")
     rows = []
     # baseline and the whole CLI, interleaved (median of 5 each: single runs of either vary by
     # +-0.3 s on the shared VM), each in a fresh process with nothing else running
@@ -526,7 +525,9 @@ def main() -> None:
         runs = [(elastix_seconds_in_subprocess(patient), inspect_cli_seconds(patient))
                 for _ in range(3)]
         others[patient] = tuple(float(np.median(v)) for v in zip(*runs, strict=True))
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
+    # simulated studies go through a scratch folder (one .npz each), removed at the end
+    with tempfile.TemporaryDirectory(prefix="gdlesion-bench-") as tmp, \
+            ctx.Pool(1, maxtasksperchild=1) as pool:
         for case in cases:
             if case["kind"].startswith("sim"):
                 case["npz"] = f"{tmp}/{case['name'].removesuffix('+flair')}.npz"
@@ -538,8 +539,6 @@ def main() -> None:
                 print(f"  FAILED {case['name']}: {type(exc).__name__}: {exc}", flush=True)
                 continue
             rows.append(row)
-            with open(f"{tmp}/rows.json", "w") as fh:
-                json.dump(rows, fh, default=str)
             print(
                 f"  done {row['case']}: {row['detections']} detections, {row['time_s']:.1f} s",
                 flush=True,
