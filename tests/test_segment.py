@@ -170,6 +170,7 @@ def _table(**values):
         flair_z=np.nan,
         thickness_mm=4.0,
         compactness=2.0,
+        outline_compactness=2.0,
         blob_ratio=0.8,
         conspicuity=5.0,
         max_enhancement_pct=50.0,
@@ -280,8 +281,18 @@ def _table(**values):
           "compactness": 3.01}, "inconspicuous"),
         ({"conspicuity": 2.0, "max_z": 5.99, "blob_ratio": 0.5, "volume_mm3": 100.0,
           "compactness": 3.0}, "inconspicuous"),
+        # a strongly significant ring needs 2 too (its rim is the shape evidence)
         ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": 0.5, "volume_mm3": 400.0,
-          "compactness": 2.0, "pattern": "ring"}, "inconspicuous"),
+          "compactness": 20.0, "pattern": "ring"}, ""),
+        ({"conspicuity": 1.99, "max_z": 6.0, "blob_ratio": 0.5, "pattern": "ring"},
+         "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 5.99, "blob_ratio": 0.5, "pattern": "ring"},
+         "inconspicuous"),
+        ({"conspicuity": 2.0, "max_z": 6.0, "blob_ratio": np.nan, "pattern": "ring"}, ""),
+        # ... when its outline, holes filled, is a ball or an ovoid (not a sheet with holes)
+        ({"conspicuity": 2.0, "max_z": 6.0, "pattern": "ring", "outline_compactness": 3.0}, ""),
+        ({"conspicuity": 2.0, "max_z": 6.0, "pattern": "ring", "outline_compactness": 3.01},
+         "inconspicuous"),
     ],
 )
 def test_rules_inclusive_thresholds(values, reason):
@@ -292,6 +303,12 @@ def test_round_conspicuity_part_off_in_clinical_2d_and_never_stricter():
     strong_round = _table(conspicuity=2.5, max_z=20.0, blob_ratio=0.9)
     assert apply_rules(strong_round, load_params("clinical-2d")).tolist() == ["inconspicuous"]
     assert apply_rules(strong_round, DetectionParams()).tolist() == [""]
+    strong_ring = _table(conspicuity=2.5, max_z=20.0, pattern="ring")
+    assert apply_rules(strong_ring, load_params("clinical-2d")).tolist() == ["inconspicuous"]
+    assert apply_rules(strong_ring, DetectionParams()).tolist() == [""]
+    assert apply_rules(strong_ring, DetectionParams(min_conspicuity_ring=0.0)).tolist() == [
+        "inconspicuous"
+    ]
     # it only relaxes: a preset whose own minimum is lower keeps it
     lenient = DetectionParams(min_conspicuity=1.5)
     assert apply_rules(_table(conspicuity=1.6, max_z=20.0), lenient).tolist() == [""]
@@ -337,9 +354,45 @@ def test_ring_pattern_for_a_thin_shell_with_a_small_hole():
         filled = int((r <= 5.0).sum())
         hole = filled - int(labels.sum())
         assert (hole >= RING_HOLE_FRACTION * filled) == expected
-        ring, thickness = _per_lesion_shape(labels, 1, np.ones(3))
+        ring, thickness, _, _ = _per_lesion_shape(labels, 1, np.ones(3))
         assert bool(ring[0]) is expected
         assert thickness[0] > 0
+
+
+def test_outline_compactness_of_a_ring_lesion_and_of_a_sheet_with_holes():
+    from gdlesion.anatomy import Context
+    from gdlesion.measure import lesion_features
+
+    grid = np.indices((40, 64, 30)).astype(float)
+    r = np.sqrt(((grid - np.array([20, 15, 15])[:, None, None, None]) ** 2).sum(0))
+    labels = np.zeros(grid.shape[1:], dtype=np.int32)
+    labels[(r <= 6.0) & (r > 3.5)] = 1  # a 12 mm ring lesion with a 2.5 mm wall
+    plate = (np.abs(grid[2] - 15) <= 1) & (grid[1] >= 32) & (grid[1] <= 56)
+    plate &= (grid[0] >= 8) & (grid[0] <= 32)
+    holes = (grid[0] % 8 >= 2) & (grid[0] % 8 <= 5) & (grid[1] % 8 >= 2) & (grid[1] % 8 <= 5)
+    labels[plate & ~holes] = 2  # a sheet with holes: also a "ring"
+    count = int((labels > 0).sum())
+    table = lesion_features(
+        labels, 2, affine=np.diag([1.0, 1.0, 1.0, 1.0]), z=np.ones(labels.shape, np.float32),
+        residual=np.ones(labels.shape, np.float32), nawm_level=1.0,
+        context=Context(np.full(count, 20.0), np.full(count, 8.0), np.full(count, 8.0)),
+        edge_margin_mm=3.0, ventricle_margin_mm=2.0,
+    )
+    ring, sheet = table.iloc[0], table.iloc[1]
+    assert ring["pattern"] == "ring" and sheet["pattern"] == "ring"
+    assert ring["compactness"] > 10 and sheet["compactness"] > 10
+    assert ring["outline_compactness"] <= 2.0  # the filled ring is a ball
+    assert sheet["outline_compactness"] > 10  # the filled sheet is still a sheet
+    # a nodule's outline compactness is its compactness
+    solid = (r <= 4.0).astype(np.int32)
+    t = lesion_features(
+        solid, 1, affine=np.eye(4), z=np.ones(solid.shape, np.float32),
+        residual=np.ones(solid.shape, np.float32), nawm_level=1.0,
+        context=Context(*[np.full(int(solid.sum()), 8.0)] * 3),
+        edge_margin_mm=3.0, ventricle_margin_mm=2.0,
+    )
+    assert t["pattern"].iloc[0] == "nodular"
+    assert t["outline_compactness"].iloc[0] == t["compactness"].iloc[0]
 
 
 def test_rules_first_failing_rule_wins():

@@ -46,7 +46,10 @@ LESION_COLUMNS = [
     "elongation",
     "length_mm",
     "thickness_mm",
+    # volume over that of the largest inscribed ball (a ball 1, an ovoid 2-3, a vessel or a
+    # ring's thin rim far more); outline: the same with a ring's enclosed core filled in
     "compactness",
+    "outline_compactness",
     "blob_ratio",
     "conspicuity",
     "distance_to_surface_mm",
@@ -75,17 +78,21 @@ def _sums(lab: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndar
 
 def _per_lesion_shape(
     labels: np.ndarray, n: int, zooms: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ring flag and thickness (mm) of each lesion, each in its own bounding box.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ring flag, thickness (mm), and filled volume (voxels) and thickness of each lesion.
 
-    Ring: the non-enhancing voxels the lesion encloses (holes filled in 3-D and
-    slice by slice along each axis) are at least :data:`RING_HOLE_FRACTION` of
-    the filled lesion. Thickness: twice the largest distance from a lesion
-    voxel to the nearest non-lesion voxel, in mm (the diameter of the largest
-    inscribed ball, to within a voxel).
+    Each lesion is measured in its own bounding box. Ring: the non-enhancing
+    voxels the lesion encloses (holes filled in 3-D and slice by slice along
+    each axis) are at least :data:`RING_HOLE_FRACTION` of the filled lesion.
+    Thickness: twice the largest distance from a lesion voxel to the nearest
+    non-lesion voxel, in mm (the diameter of the largest inscribed ball, to
+    within a voxel). The filled lesion's voxel count and thickness are measured
+    for rings only (for the others they are the lesion's own).
     """
     ring = np.zeros(n, dtype=bool)
     thickness = np.zeros(n)
+    filled_count = np.zeros(n)
+    filled_thickness = np.zeros(n)
     for idx, box in enumerate(ndi.find_objects(labels, max_label=n)):
         if box is None:
             continue
@@ -98,7 +105,12 @@ def _per_lesion_shape(
             filled |= fill_holes(les, in_plane_of=axis)
         hole = int(filled.sum() - les.sum())
         ring[idx] = hole >= RING_HOLE_FRACTION * filled.sum() and hole >= 2
-    return ring, thickness
+        filled_count[idx] = float(filled.sum())
+        filled_thickness[idx] = (
+            2.0 * float(distance_transform_edt(filled, zooms).max()) if ring[idx]
+            else thickness[idx]
+        )
+    return ring, thickness, filled_count, filled_thickness
 
 
 def lesion_features(
@@ -181,7 +193,9 @@ def lesion_features(
     hi = [ndi.maximum(ijk[:, a], lab, index=np.arange(1, n + 1)) for a in range(3)]
     zooms = np.sqrt((lin**2).sum(axis=0))
     volume = count * abs(np.linalg.det(lin))
-    ring, thickness = _per_lesion_shape(labels, n, zooms)
+    ring, thickness, filled_count, filled_thickness = _per_lesion_shape(labels, n, zooms)
+    ball_mm3 = np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3
+    filled_ball_mm3 = np.pi / 6.0 * np.maximum(filled_thickness, zooms.min()) ** 3
     blob_ratio, _ = peak_blob_ratio(residual, label_peaks(z, labels, n)[1], zooms)
     table = pd.DataFrame(
         {
@@ -205,7 +219,10 @@ def lesion_features(
             "elongation": elongation,
             "length_mm": length,
             "thickness_mm": thickness,
-            "compactness": volume / (np.pi / 6.0 * np.maximum(thickness, zooms.min()) ** 3),
+            "compactness": volume / ball_mm3,
+            "outline_compactness": np.where(
+                ring, filled_count * abs(np.linalg.det(lin)) / filled_ball_mm3, volume / ball_mm3
+            ),
             "blob_ratio": blob_ratio,
             "distance_to_surface_mm": np.asarray(
                 ndi.minimum(depth, lab, index=np.arange(1, n + 1)), dtype=np.float64
