@@ -362,8 +362,9 @@ class DetectionParams:
         mm and shape values were chosen on 1 mm scans. On the Lesjak pairs
         averaged to 3 mm slices (``benchmarks/detection.py --slices 3``, four
         planted sets) the default preset on the split grid found 69/96 lesions
-        >= 3 mm (70/96 with ``round_min_z`` 6) with 0.5 false detections per
-        scan and 1.0 per unmodified scan; ``clinical-2d`` on the 3 mm grid
+        >= 3 mm (70/96 with ``round_min_z`` 6, 71/96 with
+        ``min_conspicuity_ring``) with 0.5 false detections per scan and 1.0
+        per unmodified scan; ``clinical-2d`` on the 3 mm grid
         47/96 with 3.75 and 3.33. On 12 simulated heads averaged the same way:
         58/64 and 54/64, none false.
         Default 1.0; 0 (``clinical-2d``) analyses the post grid as it is.
