@@ -274,10 +274,11 @@ class DetectionParams:
         are found (z 6.8 and 7.2, outline compactness 1.2-1.3) and no
         detection is added. Without the outline condition a 1,664 mm3 sheet
         with holes in the posterior fossa of a simulated head (outline
-        compactness 56) became a false detection; the ring candidates of
-        those sets that are not lesions have outlines of 12-130, the planted
-        rings 1.0-2.0. 0 disables it (``clinical-2d``, whose round part is
-        off too).
+        compactness 56) became a false detection. The planted rings found
+        on the Lesjak sets have outlines of 1.0-1.4, or 3.9-6.2 when joined
+        to a neighbour (those are conspicuous and do not need the part); the
+        non-lesion ring candidates looked at, 12-130. 0 disables it
+        (``clinical-2d``, whose round part is off too).
     round_min_volume_mm3, round_max_compactness : float
         A non-ring candidate of at least ``round_min_volume_mm3`` (100 mm3, a
         6 mm ball) whose ``compactness`` is at most ``round_max_compactness``
