@@ -86,8 +86,8 @@ def _per_lesion_shape(
     each axis) are at least :data:`RING_HOLE_FRACTION` of the filled lesion.
     Thickness: twice the largest distance from a lesion voxel to the nearest
     non-lesion voxel, in mm (the diameter of the largest inscribed ball, to
-    within a voxel). The filled lesion's voxel count and thickness are measured
-    for rings only (for the others they are the lesion's own).
+    within a voxel). Also the voxel count of the filled lesion, and its
+    thickness for rings (for the others the lesion's own thickness).
     """
     ring = np.zeros(n, dtype=bool)
     thickness = np.zeros(n)
