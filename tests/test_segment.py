@@ -197,6 +197,17 @@ def _table(**values):
         ({"blob_ratio": 0.3}, "vessel"),
         ({"blob_ratio": 0.31}, ""),
         ({"blob_ratio": 0.3, "pattern": "ring"}, ""),
+        # a "ring" whose filled outline is not compact (a sheet or loops of vessels) is not exempt
+        ({"thickness_mm": 5.0, "compactness": 6.0, "blob_ratio": 0.5, "pattern": "ring",
+          "outline_compactness": 14.99}, ""),
+        ({"thickness_mm": 5.0, "compactness": 6.0, "blob_ratio": 0.5, "pattern": "ring",
+          "outline_compactness": 15.0}, "vessel"),
+        ({"blob_ratio": 0.3, "pattern": "ring", "outline_compactness": 15.0}, "vessel"),
+        ({"blob_ratio": 0.3, "pattern": "ring", "outline_compactness": np.nan}, ""),
+        ({"max_enhancement_pct": 150.0, "blob_ratio": 0.5, "pattern": "ring",
+          "outline_compactness": 15.0}, "vessel"),
+        ({"max_enhancement_pct": 150.0, "blob_ratio": 0.5, "pattern": "ring",
+          "outline_compactness": 14.99}, ""),
         ({"blob_ratio": np.nan}, ""),
         # blood-level enhancement (>= 150 %) with a peak neither round nor a ring
         ({"max_enhancement_pct": 150.0, "blob_ratio": 0.59}, "vessel"),
@@ -312,6 +323,13 @@ def test_round_conspicuity_part_off_in_clinical_2d_and_never_stricter():
     # it only relaxes: a preset whose own minimum is lower keeps it
     lenient = DetectionParams(min_conspicuity=1.5)
     assert apply_rules(_table(conspicuity=1.6, max_z=20.0), lenient).tolist() == [""]
+
+
+def test_irregular_ring_part_off_in_clinical_2d_and_can_be_disabled():
+    sheet = _table(blob_ratio=0.2, pattern="ring", outline_compactness=30.0)
+    assert apply_rules(sheet, DetectionParams()).tolist() == ["vessel"]
+    assert apply_rules(sheet, DetectionParams(ring_max_outline_compactness=0.0)).tolist() == [""]
+    assert load_params("clinical-2d").ring_max_outline_compactness == 0.0
 
 
 def test_blood_bright_vessel_part_can_be_disabled():

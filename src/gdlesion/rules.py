@@ -107,6 +107,10 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     between a 2:1 ovoid lesion and a 3:1 tube. Rings are exempt (a ring's peak
     is on its curved rim); on thick slices the in-plane ratio is used (a vein
     running within a slice is a line there); NaN and a threshold of 0 skip it.
+    A "ring" whose filled outline is not compact (``outline_compactness >=
+    ring_max_outline_compactness``, 15) is not exempt from (b)-(d): a sheet
+    or loops of vessels enclosing holes, not a ring lesion, whose outline
+    filled in is a ball or an ovoid.
     (d) ``max_enhancement_pct >= vessel_min_enhancement_pct`` (150 % of
     normal-appearing white matter) with a peak that is not round (``blob_ratio
     < vessel_blob_exempt``) and not a ring: enhancement at the level of blood,
@@ -124,27 +128,33 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     """
     straight = (t["elongation"] >= p.vessel_elongation) & (t["length_mm"] >= p.vessel_min_length_mm)
     blob = t["blob_ratio"].to_numpy(dtype=np.float64)
+    ring = (t["pattern"] == "ring").to_numpy()
+    if p.ring_max_outline_compactness > 0:
+        ring = ring & ~(
+            t["outline_compactness"].to_numpy(dtype=np.float64)
+            >= p.ring_max_outline_compactness - 1e-9
+        )
     nodule_peak = (p.vessel_blob_exempt > 0) & (
         np.nan_to_num(blob, nan=0.0) >= p.vessel_blob_exempt - 1e-9
     )
     branching = (
         (t["thickness_mm"] <= p.vessel_max_thickness_mm)
-        & (t["compactness"] >= p.vessel_min_compactness)
-        & (t["pattern"] != "ring")
+        & (t["compactness"] >= p.vessel_min_compactness).to_numpy()
+        & ~ring
         & ~nodule_peak
     )
     tube = (
         (p.vessel_max_blob_ratio > 0)
         & np.isfinite(blob)
         & (np.nan_to_num(blob, nan=1.0) <= p.vessel_max_blob_ratio)
-        & (t["pattern"] != "ring").to_numpy()
+        & ~ring
     )
     bright = (
         (p.vessel_min_enhancement_pct > 0)
         & (np.nan_to_num(blob, nan=1.0) < p.vessel_blob_exempt - 1e-9)  # NaN: shape unknown
         & (t["max_enhancement_pct"].to_numpy(dtype=np.float64)
            >= p.vessel_min_enhancement_pct - 1e-9)
-        & (t["pattern"] != "ring").to_numpy()
+        & ~ring
     )
     return (straight | branching).to_numpy() | tube | bright
 
