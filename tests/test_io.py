@@ -171,6 +171,23 @@ def test_non_finite_voxels(write_nifti, rng, bad):
         load_volume(path)
 
 
+def test_complex_image(write_nifti, rng):
+    """nibabel would silently drop the imaginary part of complex (phase) data."""
+    data = _good((6, 7, 8), rng) + 1j * _good((6, 7, 8), rng)
+    path = write_nifti(data, name="cplx.nii.gz", dtype=np.complex64)
+    with pytest.raises(InputError, match=r"cplx\.nii\.gz: voxel type complex64 is not a real"):
+        load_volume(path)
+
+
+def test_rgb_image(tmp_path):
+    rgb = np.zeros((6, 7, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = np.arange(rgb.size, dtype=np.uint8).reshape(rgb.shape)
+    path = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
+    with pytest.raises(InputError, match=r"rgb\.nii\.gz: voxel type .* is not a real scalar"):
+        load_volume(path)
+
+
 def test_constant_image(write_nifti):
     path = write_nifti(np.full((6, 7, 8), 3.0), name="flat3d.nii.gz")
     with pytest.raises(InputError, match=r"flat3d\.nii\.gz: all voxels have the same value \(3\)"):

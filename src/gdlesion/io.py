@@ -169,7 +169,7 @@ def load_volume(path: str | os.PathLike[str], *, role: str = "scan") -> Volume:
     ------
     InputError
         Missing, empty, truncated or non-NIfTI file; 2-D or truly 4-D data;
-        NaN/inf voxels; all-constant image; voxel size outside
+        complex or RGB voxels; NaN/inf voxels; all-constant image; voxel size outside
         (:data:`MIN_VOXEL_MM`, :data:`MAX_VOXEL_MM`) inclusive; singular affine.
         Each message names the file and the problem.
 
@@ -197,6 +197,12 @@ def load_volume(path: str | os.PathLike[str], *, role: str = "scan") -> Volume:
         )
     if min(shape) < 1:
         raise InputError(f"{who}: image has an empty dimension {shape}")
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "biuf":
+        # Complex (phase) or RGB data: nibabel would drop the imaginary part or refuse.
+        raise InputError(
+            f"{who}: voxel type {dtype} is not a real scalar intensity; pass a magnitude image"
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{who}: affine contains NaN or inf")
