@@ -272,7 +272,12 @@ def test_cli_inspect(planted, tmp_path, write_nifti):
     res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert f"{result.lesion_count} enhancing lesion(s)" in res.output
+    assert "FLAIR registration" not in res.output
     assert (out / "lesions.csv").exists() and (out / "qc.png").exists()
+    # with a FLAIR (here the post scan itself) its registration is summarised too
+    res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--flair", str(post_p)])
+    assert res.exit_code == 0, res.output
+    assert "FLAIR registration: correlation" in res.output and "overlap 100%" in res.output
     # non-empty output refused before any work
     res = runner.invoke(app, ["inspect", str(pre_p), str(post_p), "--out", str(out)])
     assert res.exit_code == 1 and "--overwrite" in res.output
@@ -464,12 +469,17 @@ def test_flair_rejects_candidates_without_flair_lesion(planted):
     assert result.lesion_count == 1
     assert (result.labels[truth == 1] > 0).any()
     assert "no_flair_lesion" in set(result.rejected["reason"])
+    # the FLAIR's own registration QC is reported beside the pre scan's
+    qc = result.summary_dict()["flair_registration"]
+    assert qc["overlap_fraction"] > 0.9 and np.allclose(qc["matrix_ras"], np.eye(4), atol=0.05)
+    assert set(qc) == set(result.registration.qc_dict())
 
 
 def test_pipeline_chosen_automatically_and_recorded(planted):
     pre, post, truth, result = planted
     assert result.pipeline == "default"  # 1.0 x 1.2 x 1.5 mm, no FLAIR
     assert result.summary_dict()["pipeline"] == "default"
+    assert result.summary_dict()["flair_registration"] is None  # no FLAIR given
     custom = run_study(pre, post, params=result.params.replace(high_threshold=7.0))
     assert custom.pipeline == "custom" and custom.params.high_threshold == 7.0
     named = run_study(pre, post, params="auto", overrides={"min_volume_mm3": 200.0})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -254,6 +255,7 @@ def inspect_command(
                 f"{reg.similarity_after:.3f}, "
                 f"overlap {reg.overlap_fraction:.0%}, "
                 f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm\n"
+                + _flair_registration_line(result.flair_registration)
                 + _smoothness_line(result.stats, result.post.zooms)
                 + f"pipeline: {result.pipeline}"
                 + (" (chosen from slice thickness and FLAIR)" if pipeline == AUTO else "")
@@ -506,6 +508,18 @@ def report_command(
     for message in problems:
         err_console.print(Text.assemble(("not rebuilt: ", "bold yellow"), message), soft_wrap=True)
     console.print(Text(f"wrote {len(pages)} page(s); open {pages[-1]}"), soft_wrap=True)
+
+
+def _flair_registration_line(qc: dict | None) -> str:
+    """One summary line on the FLAIR's registration onto the post scan ("" without FLAIR)."""
+    if qc is None:
+        return ""
+    shift = math.hypot(*qc["translation_mm"])
+    return (
+        f"FLAIR registration: correlation {qc['similarity_before']:.3f} -> "
+        f"{qc['similarity_after']:.3f}, overlap {qc['overlap_fraction']:.0%}, "
+        f"translation {shift:.1f} mm, rotation {max(abs(a) for a in qc['rotation_deg']):.1f} deg\n"
+    )
 
 
 def _smoothness_line(stats: dict[str, float], zooms: Iterable[float]) -> str:

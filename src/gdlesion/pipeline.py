@@ -94,6 +94,8 @@ class StudyResult:
     stats: dict[str, float] = field(default_factory=dict)
     pipeline: str = "custom"
     inputs: dict[str, str] = field(default_factory=dict)
+    #: QC numbers of the FLAIR's registration onto the post scan (``qc_dict``); None without FLAIR
+    flair_registration: dict[str, Any] | None = None
 
     @property
     def lesion_count(self) -> int:
@@ -267,6 +269,7 @@ class _Prepared:
     warnings: list[str] = field(default_factory=list)
     post_grid: Volume | None = None  # the post scan as given (``post`` is finer when split)
     factors: tuple[int, int, int] = (1, 1, 1)  # split of post_grid's voxels into post's
+    flair_qc: dict[str, Any] | None = None  # the FLAIR registration's ``qc_dict``
 
 
 def _prepare(
@@ -383,7 +386,10 @@ def _prepare(
                 "(a pre/post pair of one session gives 0.65-0.90): check that they are of the "
                 "same head and that the registration (qc.png, report.html) is right"
             )
-        flair_reg = flair_job.result().registered.data if flair_job is not None else None
+        flair_res = flair_job.result() if flair_job is not None else None
+        flair_reg = flair_res.registered.data if flair_res is not None else None
+        flair_qc = flair_res.qc_dict() if flair_res is not None else None
+        del flair_res
 
     stage("normalisation")
     box = bounding_box(mask, margin=2)
@@ -404,7 +410,7 @@ def _prepare(
         post_c=post_c, pre_mapped=conditional_median_mapping(pre_c, post_c, mask_c),
         mask_c=mask_c, flair_c=flair_reg[box] if flair_reg is not None else None,
         params=p, pipeline=pipeline_name, warnings=warnings, post_grid=post_grid,
-        factors=factors,
+        factors=factors, flair_qc=flair_qc,
     )
 
 
@@ -561,6 +567,7 @@ def _detect(
             "pre": prep.pre.name, "post": post_v.name,
             "flair": prep.flair.name if prep.flair is not None else "",
         },
+        flair_registration=prep.flair_qc,
     )
     if prep.factors != (1, 1, 1):
         result = _to_post_grid(result, prep)
@@ -714,6 +721,7 @@ def summary_json_dict(result: StudyResult) -> dict[str, Any]:
         "total_volume_mm3": round(result.total_volume_mm3, 3),
         "rejected_count": int(len(result.rejected)),
         "registration": result.registration.qc_dict(),
+        "flair_registration": result.flair_registration,
         "pipeline": result.pipeline,
         "parameters": result.params.to_dict(),
         "statistics": result.stats,
