@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -62,6 +63,18 @@ def test_page_has_registration_check_and_qc_numbers(inspected):
     assert "brain mask outline" in html.lower() and "Enhancement z-map" in html
     for key in ("high_threshold", "numpy", "registration"):  # parameters, versions, timings
         assert f"<th>{key}</th>" in html
+
+
+def test_page_lists_the_flair_registration_when_there_is_one(inspected, tmp_path):
+    result, out, post = inspected
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "FLAIR similarity_after" not in html  # no FLAIR given
+    qc = dict(result.registration.qc_dict(), similarity_after=0.4321)
+    with_flair = dataclasses.replace(result, flair_registration=qc)
+    out2 = write_study_outputs(with_flair, tmp_path / "out", inputs=(post,))
+    reg = (out2 / "report.html").read_text(encoding="utf-8").split('id="registration"')[1]
+    assert "<th>FLAIR similarity_after</th><td>0.4321</td>" in reg
+    assert "FLAIR matrix_ras" not in reg
 
 
 def test_page_is_self_contained_small_and_escaped(inspected):

@@ -316,7 +316,9 @@ def session_context(view: SessionView) -> dict[str, Any]:
         "rejected_count": int(len(view.rejected)),
         "warnings": [str(w) for w in s.get("warnings", [])],
         "registration": [(k, v) for k, v in _flatten(s.get("registration", {}))
-                         if not k.startswith("matrix_ras")],
+                         if not k.startswith("matrix_ras")]
+        + [(f"FLAIR {k}", v) for k, v in _flatten(s.get("flair_registration") or {})
+           if not k.startswith("matrix_ras")],
         "parameters": _flatten(s.get("parameters", {})),
         "versions": _flatten(s.get("versions", {})),
         "timings": _flatten(s.get("timings_s", {})),
