@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import oblique_affine
 from detection_phantom import render
+from gdlesion import pipeline
 from gdlesion.cli import app
 from gdlesion.errors import InputError, OutputError, RegistrationError, SegmentationError
 from gdlesion.io import Volume, load_volume
@@ -238,8 +239,6 @@ def test_pre_and_post_do_not_overlap(lesion_free):
 
 def test_low_correlation_after_registration_warns_then_refuses(lesion_free, monkeypatch):
     """``min_similarity`` is inclusive; between it and SIMILARITY_WARNING the study warns."""
-    from gdlesion import pipeline
-
     pre, post, result = lesion_free
     value = result.registration.similarity_after
     assert value > pipeline.SIMILARITY_WARNING and not result.warnings
@@ -473,6 +472,17 @@ def test_flair_rejects_candidates_without_flair_lesion(planted):
     qc = result.summary_dict()["flair_registration"]
     assert qc["overlap_fraction"] > 0.9 and np.allclose(qc["matrix_ras"], np.eye(4), atol=0.05)
     assert set(qc) == set(result.registration.qc_dict())
+    assert not any("FLAIR" in w for w in result.warnings)
+
+
+def test_a_flair_that_does_not_match_the_post_scan_warns(planted):
+    """A noise image given as FLAIR: the study runs, and says the FLAIR does not match."""
+    pre, post, _, _ = planted
+    noise = np.random.default_rng(4).normal(500, 50, post.shape).astype(np.float32)
+    result = run_study(pre, post, flair=Volume(noise, post.affine, "noise.nii.gz"))
+    qc = result.summary_dict()["flair_registration"]
+    assert qc["similarity_after"] < pipeline.FLAIR_SIMILARITY_WARNING
+    assert any(w.startswith("FLAIR noise.nii.gz correlates only") for w in result.warnings)
 
 
 def test_pipeline_chosen_automatically_and_recorded(planted):

@@ -52,6 +52,13 @@ SHAPE_REASONS = ("too_small", "faint", "vessel")
 #: 0.65-0.90, a pre scan of another (simulated) head 0.49.
 SIMILARITY_WARNING = 0.5
 
+#: Below this correlation of the registered FLAIR with the post scan, ``run_study`` warns: the
+#: FLAIR rule would then judge candidates on a FLAIR that does not match the post scan. The
+#: three real Lesjak FLAIRs give 0.40-0.50 with their own post scan (another patient's FLAIR
+#: 0.18-0.35, a noise image 0.00), the simulator's 0.64-0.76. A warning, not a refusal: the
+#: correlation of two contrasts depends on the sequences, and three real pairs are few.
+FLAIR_SIMILARITY_WARNING = 0.25
+
 #: Stage names reported to ``progress`` and used as keys of ``StudyResult.timings``.
 STAGES = ("load", "brain_mask", "registration", "normalisation", "detection", "measures")
 
@@ -389,6 +396,13 @@ def _prepare(
         flair_res = flair_job.result() if flair_job is not None else None
         flair_reg = flair_res.registered.data if flair_res is not None else None
         flair_qc = flair_res.qc_dict() if flair_res is not None else None
+        if flair_res is not None and not flair_res.similarity_after >= FLAIR_SIMILARITY_WARNING:
+            warnings.append(
+                f"FLAIR {flair_v.name} correlates only {flair_res.similarity_after:.2f} with the "
+                "post scan after registration (real FLAIRs of the same session give about "
+                "0.4-0.5): check that it is this head's FLAIR and that its registration is "
+                "right, or run without it; its lesion rule may otherwise reject real lesions"
+            )
         del flair_res
 
     stage("normalisation")
