@@ -132,9 +132,14 @@ def test_bundled_sample_study_without_flair():
     truth = np.asarray(nib.load(
         truth_dir / "sub-01_ses-01_space-individual_label-lesion_dseg.nii.gz").dataobj)
     assert result.stats["brain_volume_ml"] < 2000.0
-    assert result.lesion_count >= 3
-    for lid in result.lesions["lesion_id"]:
-        assert (truth[result.labels == lid] > 0).any(), f"lesion {lid} is not a planted one"
+    planted = [lid for lid in result.lesions["lesion_id"] if (truth[result.labels == lid] > 0).any()]
+    assert len(planted) >= 4  # of 5
+    # Not planted, since 5.5 mm slices are analysed on 1.1 mm working slices (twentieth
+    # session): a choroid-plexus glomus (941 mm3) and a ring on the brainstem surface (191 mm3),
+    # both removed by the FLAIR that batch uses. Nothing like the scalp, dura and neck blocks of
+    # up to 60 ml that a whole-head mask let through.
+    others = result.lesions[~result.lesions["lesion_id"].isin(planted)]
+    assert len(others) <= 2 and (others["volume_mm3"] < 1500.0).all()
 
 
 def test_qc_sheet_shows_every_lesion(planted, lesion_free, tmp_path):
@@ -440,12 +445,14 @@ def test_real_tumour_is_one_main_lesion(tcga_dir):
 def test_real_thick_slice_tumour_is_the_main_lesion(tcga_dir):
     """The scanner's own 0.9x0.9x5.5 mm pair (skull on, not co-registered): the glioma's
     enhancing part is the main detection. Its reference is the atlas label 4 brought onto the
-    native grid by registering the atlas post scan (0.64 Dice, 0.99 of the lesion inside)."""
+    native grid by registering the atlas post scan. Analysed on 1.1 mm working slices by the
+    default preset: Dice 0.76, 0.94 of the lesion inside (``clinical-2d`` on the 5.5 mm grid,
+    the automatic choice until the twentieth session: 0.64 and 0.99)."""
     from gdlesion.registration import register_rigid, resample_volume
 
     post = load_volume(tcga_dir / "native" / "T1w_post_gad.nii.gz")
     result = run_study(tcga_dir / "native" / "T1w_pre.nii.gz", post)
-    assert result.pipeline == "clinical-2d"
+    assert result.pipeline == "default" and result.stats["work_factor_k"] == 5.0
     assert 1 <= result.lesion_count <= 3
     atlas_post = load_volume(tcga_dir / "atlas" / "T1w_post_gad_brain.nii.gz")
     labels = nib.load(tcga_dir / "atlas" / "tumor_labels_fused_auto.nii.gz")
@@ -455,7 +462,7 @@ def test_real_thick_slice_tumour_is_the_main_lesion(tcga_dir):
                             reg.matrix_ras).data >= 0.5
     main = result.labels == 1  # largest lesion
     assert (main & truth).sum() >= 0.9 * main.sum()
-    assert 2 * (main & truth).sum() / (main.sum() + truth.sum()) >= 0.55
+    assert 2 * (main & truth).sum() / (main.sum() + truth.sum()) >= 0.7
 
 
 def test_flair_rejects_candidates_without_flair_lesion(planted):

@@ -501,11 +501,15 @@ def test_conditional_spread_follows_the_noise_of_each_tissue_class(rng):
 def test_auto_preset_by_slice_thickness_and_flair():
     from gdlesion.params import auto_preset, load_params, preset_names
 
-    assert auto_preset((0.9, 0.9, 5.5), has_flair=True) == "clinical-2d"
-    assert auto_preset((4.0, 1.0, 1.0), has_flair=False) == "clinical-2d"
+    # thick slices are split into ~1 mm working slices and get the 1 mm presets
+    assert auto_preset((0.9, 0.9, 5.5), has_flair=True) == "flair"
+    assert auto_preset((0.9, 0.9, 5.5), has_flair=False) == "default"
+    assert auto_preset((4.0, 1.0, 1.0), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 3.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 3.0), has_flair=True) == "flair"
-    assert auto_preset((0.45, 0.45, 3.0), has_flair=False) == "clinical-2d"  # not split
+    # too fine in-plane to split: the slices stay thick, and clinical-2d judges them
+    assert auto_preset((0.45, 0.45, 3.0), has_flair=False) == "clinical-2d"
+    assert auto_preset((0.45, 0.45, 5.0), has_flair=True) == "clinical-2d"
     assert auto_preset((0.9, 0.9, 1.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
     assert {"default", "flair", "clinical-2d"} <= set(preset_names())

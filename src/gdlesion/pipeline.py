@@ -193,8 +193,9 @@ def run_study(
     params : DetectionParams, preset name or JSON path, optional
         Detection parameters. ``None`` or ``"auto"`` (the default) picks the
         preset from the data (:func:`gdlesion.params.auto_preset`:
-        ``clinical-2d`` for thick slices, ``flair`` for 3-D scans with a
-        FLAIR, ``default`` otherwise); the name used is ``result.pipeline``.
+        ``flair`` with a FLAIR, ``default`` otherwise, ``clinical-2d`` for
+        thick slices too fine in-plane to split); the name used is
+        ``result.pipeline``.
     overrides : dict, optional
         Parameter values that replace those of ``params`` (e.g.
         ``{"high_threshold": 5.0}``), applied after the preset is chosen.
