@@ -132,7 +132,8 @@ def test_bundled_sample_study_without_flair():
     truth = np.asarray(nib.load(
         truth_dir / "sub-01_ses-01_space-individual_label-lesion_dseg.nii.gz").dataobj)
     assert result.stats["brain_volume_ml"] < 2000.0
-    planted = [lid for lid in result.lesions["lesion_id"] if (truth[result.labels == lid] > 0).any()]
+    planted = [lid for lid in result.lesions["lesion_id"]
+               if (truth[result.labels == lid] > 0).any()]
     assert len(planted) >= 4  # of 5
     # Not planted, since 5.5 mm slices are analysed on 1.1 mm working slices (twentieth
     # session): a choroid-plexus glomus (941 mm3) and a ring on the brainstem surface (191 mm3),
