@@ -499,6 +499,7 @@ class DetectionParams:
 #: Pipeline name that picks the preset from the data (:func:`auto_preset`).
 AUTO = "auto"
 
+
 def auto_preset(zooms: Any, *, has_flair: bool) -> str:
     """Preset that fits a study: ``flair``, ``default`` or ``clinical-2d``.
 
