@@ -80,3 +80,34 @@ def test_filled_pocket_beside_the_ventricles_stays_csf_space():
     far[28:33, 45:48, 28:33] = True
     assert not csf_space(pre, mask, zooms, csf_threshold=60.0, post=post, ventricles=far)[
         lesion].any()
+
+
+def test_ventricle_neighbourhood_reaches_half_an_acquired_slice():
+    from gdlesion.anatomy import anatomical_context, ventricle_zooms
+
+    zooms = np.array([1.0, 1.0, 1.1])  # 5.5 mm slices split into five working slices
+    vz = ventricle_zooms(zooms, (1, 1, 5), margin_mm=2.0, slice_fraction=0.5)
+    np.testing.assert_allclose(vz, [1.0, 1.0, 1.1 * 2.0 / 2.75])
+    # 3 mm slices: half a slice is under the 2 mm margin, nothing changes
+    np.testing.assert_array_equal(
+        ventricle_zooms(np.ones(3), (1, 1, 3), margin_mm=2.0, slice_fraction=0.5), np.ones(3))
+    np.testing.assert_array_equal(  # off, and an unsplit grid
+        ventricle_zooms(zooms, (1, 1, 5), margin_mm=2.0, slice_fraction=0.0), zooms)
+    np.testing.assert_array_equal(
+        ventricle_zooms(zooms, (1, 1, 1), margin_mm=2.0, slice_fraction=0.5), zooms)
+    shape = (20, 20, 20)
+    mask = np.ones(shape, dtype=bool)
+    post = np.full(shape, 100.0, dtype=np.float32)
+    maps = anatomy_maps(mask=mask, post=post, pre_mapped=post, zooms=zooms, csf_threshold=50.0)
+    vent = np.zeros(shape, dtype=bool)
+    vent[8:12, 8:12, 10] = True
+    maps = type(maps)(maps.depth_mm, maps.csf_space, vent)
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[10, 10, 12] = 1  # 2.2 mm across the slices: within 2.75 mm, not within 2 mm
+    labels[10, 14, 10] = 2  # 3 mm in-plane: outside either way
+    iso = anatomical_context(labels, zooms=zooms, maps=maps).ventricle_distance_mm
+    split = anatomical_context(labels, zooms=zooms, maps=maps,
+                               ventricle_zooms=vz).ventricle_distance_mm
+    np.testing.assert_allclose(iso, [2.2, 3.0])
+    assert split[0] <= 2.0 < iso[0]
+    assert split[1] == pytest.approx(3.0)

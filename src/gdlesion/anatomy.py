@@ -21,7 +21,7 @@ from .preprocess import ball
 
 __all__ = [
     "AnatomyMaps", "Context", "anatomical_context", "anatomy_maps", "distance_at",
-    "ENCLOSED_MIN_DARK_FRACTION", "ventricle_mask", "csf_space",
+    "ENCLOSED_MIN_DARK_FRACTION", "ventricle_mask", "csf_space", "ventricle_zooms",
 ]
 
 
@@ -171,6 +171,36 @@ def ventricle_mask(
     return good[lab]
 
 
+def ventricle_zooms(
+    zooms: np.ndarray,
+    factors: tuple[int, int, int],
+    *,
+    margin_mm: float,
+    slice_fraction: float,
+) -> np.ndarray:
+    """Voxel size for distances to the ventricles on a (possibly split) working grid.
+
+    On an axis split by ``factors`` (thick slices analysed on thinner working
+    slices) the neighbourhood of the ventricles reaches ``max(margin_mm,
+    slice_fraction * acquired edge)``, elsewhere ``margin_mm``: distances
+    measured with the returned voxel size are at most ``margin_mm`` exactly
+    inside that ellipsoid (see ``DetectionParams.ventricle_slice_fraction``).
+
+    Examples
+    --------
+    >>> ventricle_zooms(np.array([0.9, 0.9, 1.1]), (1, 1, 5), margin_mm=2.0,
+    ...                 slice_fraction=0.5).round(3).tolist()
+    [0.9, 0.9, 0.8]
+    """
+    zooms = np.asarray(zooms, dtype=float)
+    split = np.asarray(factors) > 1
+    if margin_mm <= 0 or slice_fraction <= 0 or not split.any():
+        return zooms
+    acquired = zooms * np.asarray(factors)
+    reach = np.where(split, np.maximum(margin_mm, slice_fraction * acquired), margin_mm)
+    return zooms * (margin_mm / reach)
+
+
 @dataclass(frozen=True, eq=False)
 class AnatomyMaps:
     """Candidate-independent maps on the analysis grid: brain depth (mm), CSF space, ventricles."""
@@ -216,12 +246,16 @@ def anatomical_context(
     zooms: np.ndarray,
     csf_threshold: float | None = None,
     maps: AnatomyMaps | None = None,
+    ventricle_zooms: np.ndarray | None = None,
 ) -> Context:
     """Distances (mm) of every labelled voxel to the brain surface, CSF space and ventricles.
 
     ``maps`` (from :func:`anatomy_maps`) avoids recomputing the candidate-independent
     maps when several candidate sets of one study are judged; otherwise ``mask``,
-    ``post``, ``pre_mapped`` and ``csf_threshold`` are required.
+    ``post``, ``pre_mapped`` and ``csf_threshold`` are required. ``ventricle_zooms``
+    (default ``zooms``) is the voxel size used for the distance to the ventricles: a
+    smaller value along an axis stretches the ventricles' neighbourhood along it
+    (``DetectionParams.ventricle_slice_fraction``).
     """
     if not labels.any():
         empty = np.zeros(0)
@@ -234,5 +268,6 @@ def anatomical_context(
     flat = np.flatnonzero(labels)
     depth = maps.depth_mm.ravel()[flat]
     csf = distance_at(maps.csf_space, labels, zooms, cap_mm=CAP_MM)
-    vdist = distance_at(maps.ventricles, labels, zooms, cap_mm=CAP_MM)
+    vzooms = zooms if ventricle_zooms is None else np.asarray(ventricle_zooms, dtype=float)
+    vdist = distance_at(maps.ventricles, labels, vzooms, cap_mm=CAP_MM)
     return Context(depth, csf, vdist)

@@ -437,7 +437,7 @@ def _detect(
     stage: Callable[[str], None] = lambda name: None,
 ) -> StudyResult:
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
-    from .anatomy import Context, anatomical_context, anatomy_maps
+    from .anatomy import Context, anatomical_context, anatomy_maps, ventricle_zooms
     from .blob import carve_thick_cores, split_round_peaks
     from .measure import CONTEXT_COLUMNS, context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
@@ -473,6 +473,11 @@ def _detect(
         med, sd = robust_sigma(prep.flair_c[mask_c])
         flair_z = ((prep.flair_c - med) / sd).astype(np.float32)
 
+    vzooms = ventricle_zooms(
+        zooms, prep.factors, margin_mm=p.ventricle_margin_mm,
+        slice_fraction=p.ventricle_slice_fraction,
+    )
+
     def judge(
         cand: np.ndarray, n: int, nawm_level: float | None = None,
         kin: np.ndarray | None = None,
@@ -501,7 +506,7 @@ def _detect(
             lut = np.zeros(n + 1, dtype=np.int32)
             lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
             sub = lut[cand]
-            context = anatomical_context(sub, zooms=zooms, maps=maps)
+            context = anatomical_context(sub, zooms=zooms, maps=maps, ventricle_zooms=vzooms)
             lazy = context_features(
                 sub, int(ids.size), affine=kw["affine"], z=z, mask=mask_c, context=context,
                 ventricle_margin_mm=p.ventricle_margin_mm, kin=kin,
