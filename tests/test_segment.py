@@ -708,3 +708,38 @@ def test_shift_tolerance_ignores_a_displaced_edge_but_keeps_new_enhancement(rng)
     assert z_shift[edge].max() < 3.0
     assert r_shift[blob].max() >= 0.9 * r_plain[blob].max()  # amplitude (intensity units)
     assert z_shift[blob].max() >= 10.0
+
+
+def test_elongation_on_a_split_grid_discounts_the_acquired_slice():
+    """A 3.3 mm nodule acquired in one 5.5 mm slice spans the slice on the working grid
+    (five 1.1 mm slices): elongated by the slice, not by itself. With ``factors`` its
+    elongation and length are those of a nodule; a vein running across five acquired
+    slices stays long and elongated."""
+    from gdlesion.anatomy import Context
+    from gdlesion.measure import lesion_features
+
+    shape = (40, 40, 60)
+    zooms = np.array([0.9, 0.9, 1.1])
+    grid = np.indices(shape).astype(float) * zooms[:, None, None, None]
+    labels = np.zeros(shape, dtype=np.int32)
+    inplane = (grid[0] - 9.0) ** 2 + (grid[1] - 9.0) ** 2 <= 1.65**2
+    labels[inplane & (grid[2] >= 11.0) & (grid[2] < 16.5)] = 1  # one acquired slice
+    tube = (grid[0] - 27.0) ** 2 + (grid[1] - 27.0) ** 2 <= 1.2**2
+    labels[tube & (grid[2] >= 11.0) & (grid[2] < 38.5)] = 2  # five acquired slices
+    count = int((labels > 0).sum())
+
+    def measure(factors):
+        return lesion_features(
+            labels, 2, affine=np.diag([*zooms, 1.0]), z=np.ones(shape, np.float32),
+            residual=np.ones(shape, np.float32), nawm_level=1.0,
+            context=Context(*[np.full(count, 8.0)] * 3), edge_margin_mm=3.0,
+            ventricle_margin_mm=2.0, factors=factors,
+        )
+
+    plain, split = measure(None), measure((1, 1, 5))
+    assert plain["elongation"].iloc[0] > 1.5  # 5.5 mm tall, 3.3 mm wide
+    assert split["elongation"].iloc[0] < 1.3
+    assert split["length_mm"].iloc[0] < plain["length_mm"].iloc[0]
+    assert split["elongation"].iloc[1] >= 3.0 and split["length_mm"].iloc[1] > 20.0
+    for col in ("n_voxels", "volume_mm3", "compactness", "blob_ratio"):  # only the moments
+        np.testing.assert_array_equal(split[col].to_numpy(), plain[col].to_numpy())

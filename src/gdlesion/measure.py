@@ -126,6 +126,7 @@ def lesion_features(
     ventricle_margin_mm: float,
     flair_z: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    factors: tuple[int, int, int] | None = None,
 ) -> pd.DataFrame:
     """Measure every label ``1..n`` of ``labels``.
 
@@ -157,6 +158,17 @@ def lesion_features(
     mask : numpy.ndarray, optional
         Brain mask; needed for the ``conspicuity`` column (NaN without it,
         see :func:`conspicuity`).
+    factors : tuple of int, optional
+        On a working grid that splits each acquired voxel into ``factors``
+        voxels (thick slices, :mod:`gdlesion.workgrid`): the second moments
+        behind ``elongation`` and ``length_mm`` are corrected for the acquired
+        slice profile. A slice of thickness ``T`` spreads anything thinner
+        than itself over at least ``T`` across the slices, which adds about
+        ``T**2 / 12`` to its variance along that axis; that is subtracted
+        (less the working voxel's own ``t**2 / 12``; the variances stay at
+        least the working voxel's), so a 3 mm nodule in a 5.5 mm slice is not
+        measured as a 2:1 ovoid. Measured: ``benchmarks/README.md``
+        (twenty-first session).
 
     Returns
     -------
@@ -179,7 +191,13 @@ def lesion_features(
     # each voxel is a box, not a point: add its own second moment (edge**2 / 12 per axis)
     lin = affine[:3, :3]
     cov += (lin @ lin.T / 12.0)[None]
-    eig = np.clip(np.linalg.eigvalsh(cov), 1e-9, None)  # ascending
+    floor = 1e-9
+    if factors is not None and max(factors) > 1:
+        # the acquired slice profile (a box of the acquired edge) less the working voxel's
+        profile = (np.asarray(factors, dtype=np.float64) ** 2 - 1.0) / 12.0
+        cov -= (lin @ np.diag(profile) @ lin.T)[None]
+        floor = float((lin**2).sum(axis=0).min()) / 12.0
+    eig = np.clip(np.linalg.eigvalsh(cov), floor, None)  # ascending
     elongation = np.sqrt(eig[:, 2] / eig[:, 1])
     length = np.sqrt(12.0 * eig[:, 2])
     flat = lambda arr: arr.ravel()[vox].astype(np.float64)  # noqa: E731
