@@ -541,7 +541,9 @@ def auto_preset(zooms: Any, *, has_flair: bool) -> str:
     Dice went 0.64 -> 0.76. On the 40 simulated 5.5 mm heads 1000-1039 the
     split does worse: 134/189 instead of 148/189, 0.40 instead of 0.10
     false detections per scan (with FLAIR 138/189 and 0.48 against 147/189
-    and 0.00). The real anatomy decides: thick-slice residuals of real heads
+    and 0.00; 135/189 and 0.30, with FLAIR 139/189 and 0.50, after the
+    twenty-first session's ventricle neighbourhood and slice-profile
+    elongation). The real anatomy decides: thick-slice residuals of real heads
     are structured in a way the simulator's are not (see
     ``benchmarks/README.md``). ``clinical-2d`` stays available by name.
 
