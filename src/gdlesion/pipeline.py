@@ -489,7 +489,7 @@ def _detect(
             affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
             nawm_level=nawm_level, edge_margin_mm=p.edge_margin_mm,
             ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
-            factors=prep.factors if prep.factors != (1, 1, 1) else None,
+            factors=prep.factors,
         )
         # first pass without the costly per-candidate distances (most candidates are
         # vessels, taken by the shape rules); then those measures for the others only
