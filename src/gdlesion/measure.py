@@ -162,8 +162,9 @@ def lesion_features(
         On a working grid that splits each acquired voxel into ``factors``
         voxels (thick slices, :mod:`gdlesion.workgrid`; ``None`` or all ones:
         no split): the second moments behind ``elongation`` and ``length_mm``
-        are corrected for the acquired slice profile. A slice of thickness ``T`` spreads anything thinner
-        than itself over at least ``T`` across the slices, which adds about
+        are corrected for the acquired slice profile. A slice of thickness
+        ``T`` spreads anything thinner than itself over at least ``T`` across
+        the slices, which adds about
         ``T**2 / 12`` to its variance along that axis; that is subtracted
         (less the working voxel's own ``t**2 / 12``; the variances stay at
         least the working voxel's), so a 3 mm nodule in a 5.5 mm slice is not
