@@ -749,3 +749,42 @@ def test_three_mm_slices_are_analysed_on_a_finer_grid_and_reported_on_their_own(
         "; voxels split 1x1x3 for the analysis, reported on the post grid"
     )
     assert _work_grid_note(plain.stats) == ""
+
+
+FINE_SHAPE = (221, 243, 19)  # 0.45 x 0.45 x 5 mm oblique: a 512-matrix 2-D T1 with 5 mm slices
+FINE_LESIONS = [((18.0, -25.0, -8.0), 4.0), ((-18.0, 25.0, 5.0), 3.5), ((12.0, 28.0, -14.0), 3.0)]
+
+
+def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_own_grid():
+    aff = oblique_affine(zooms=(0.45, 0.45, 5.0), angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
+    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(FINE_SHAPE) - 1) / 2.0)
+    pre, post, truth = render(FINE_SHAPE, aff, lesions=FINE_LESIONS, motion=MOTION, seed=3)
+    result = run_study(pre, post)
+    # 2x2 in-plane merge, then 5 working slices per acquired one: 0.9 x 0.9 x 1.0 mm
+    assert result.pipeline == "default"
+    assert [result.stats[f"merge_factor_{a}"] for a in "ijk"] == [2.0, 2.0, 1.0]
+    assert [result.stats[f"work_factor_{a}"] for a in "ijk"] == [1.0, 1.0, 5.0]
+    for arr in (result.labels, result.rejected_labels, result.brain_mask,
+                result.enhancement.data, result.pre_registered.data):
+        assert arr.shape == post.shape
+    assert np.array_equal(result.pre_registered.affine, post.affine)
+    # the tube and the plexus are not reported: only the planted lesions
+    assert result.lesion_count == len(FINE_LESIONS)
+    table = result.lesions.set_index("lesion_id")
+    assert np.bincount(result.labels.ravel())[1:].tolist() == table["n_voxels"].tolist()
+    for tid, (_, radius) in enumerate(FINE_LESIONS, start=1):
+        hits = result.labels[truth == tid]
+        lid = int(np.bincount(hits[hits > 0]).argmax())
+        # the ball's own volume: 5 mm slices make the >= 50 % truth voxels too coarse
+        assert table.loc[lid, "volume_mm3"] == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.2)
+        xyz = table.loc[lid, ["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+        centre = post.world_to_voxel(np.asarray(FINE_LESIONS[tid - 1][0]))
+        assert np.all(np.abs(post.world_to_voxel(xyz) - centre) <= 1.0)
+        box = [table.loc[lid, f"bbox_{a}_{e}"] for e in ("min", "max") for a in "ijk"]
+        ijk = np.argwhere(result.labels == lid)
+        assert box == ijk.min(0).tolist() + ijk.max(0).tolist()
+    from gdlesion.cli import _work_grid_note
+
+    assert _work_grid_note(result.stats) == (
+        "; voxels merged 2x2x1 then split 1x1x5 for the analysis, reported on the post grid"
+    )

@@ -507,9 +507,10 @@ def test_auto_preset_by_slice_thickness_and_flair():
     assert auto_preset((4.0, 1.0, 1.0), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 3.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 3.0), has_flair=True) == "flair"
-    # too fine in-plane to split: the slices stay thick, and clinical-2d judges them
-    assert auto_preset((0.45, 0.45, 3.0), has_flair=False) == "clinical-2d"
-    assert auto_preset((0.45, 0.45, 5.0), has_flair=True) == "clinical-2d"
+    # too fine in-plane to split alone: merged in-plane first, then split like the others
+    assert auto_preset((0.45, 0.45, 3.0), has_flair=False) == "default"
+    assert auto_preset((0.45, 0.45, 5.0), has_flair=True) == "flair"
+    assert auto_preset((0.6, 0.6, 5.0), has_flair=False) == "default"
     assert auto_preset((0.9, 0.9, 1.9), has_flair=False) == "default"
     assert auto_preset((1.0, 1.0, 1.0), has_flair=True) == "flair"
     assert {"default", "flair", "clinical-2d"} <= set(preset_names())

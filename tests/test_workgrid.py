@@ -12,10 +12,13 @@ from gdlesion.workgrid import (
     block_any,
     block_labels,
     block_mean,
+    merge,
+    merge_factors,
     repeat_blocks,
     subdivide,
     subdivision_factors,
     table_to_post_grid,
+    unmerge,
 )
 
 
@@ -32,6 +35,53 @@ from gdlesion.workgrid import (
 )
 def test_subdivision_factors(zooms, work, expected):
     assert subdivision_factors(np.asarray(zooms), work) == expected
+
+
+@pytest.mark.parametrize(
+    ("zooms", "expected"),
+    [
+        ((0.45, 0.45, 5.5), (2, 2, 1)),  # 512 matrix, 5.5 mm slices: 0.9 x 0.9 x 1.1 mm working
+        ((0.45, 0.45, 3.0), (2, 2, 1)),
+        ((0.3, 5.0, 0.3), (3, 1, 3)),  # slice axis anywhere
+        ((0.6, 0.6, 5.0), (2, 2, 1)),  # otherwise split only in two: 2.5 mm working slices
+        ((0.7, 0.7, 5.0), (1, 1, 1)),  # splits into 0.7 x 0.7 x 1.67 mm: no merge needed
+        ((0.9, 0.9, 5.5), (1, 1, 1)),
+        ((0.45, 0.45, 0.45), (1, 1, 1)),  # fine everywhere: nothing to split, nothing merged
+        ((0.45, 0.45, 1.9), (1, 1, 1)),
+    ],
+)
+def test_merge_factors_only_where_the_slices_cannot_be_split(zooms, expected):
+    assert merge_factors(np.asarray(zooms), 1.0) == expected
+    merged = np.asarray(zooms) * expected
+    split = subdivision_factors(merged, 1.0)
+    assert (merged / split).max() < 2.0  # every axis near the working size afterwards
+    assert merge_factors(np.asarray(zooms), 0.0) == (1, 1, 1)
+
+
+def test_merge_keeps_world_positions_and_unmerge_crops_back():
+    aff = oblique_affine(zooms=(0.45, 0.5, 5.0), angles_deg=(10.0, -5.0, 15.0), origin=(4, -7, 9))
+    shape = (9, 8, 5)  # odd along i: padded with the edge, cropped again
+    vol = Volume(np.zeros(shape, np.float32), aff, "post")
+    xyz = vol.voxel_to_world(np.indices(shape).reshape(3, -1).T)
+    vol = vol.with_data((xyz @ [0.5, -1.0, 2.0] + 10.0).reshape(shape).astype(np.float32))
+    coarse = merge(vol, (2, 2, 1))
+    assert coarse.shape == (5, 4, 5) and coarse.data.dtype == np.float32
+    assert np.allclose(coarse.zooms, [0.9, 1.0, 5.0])
+    # a merged voxel's value and centre are its block's mean: a linear function agrees
+    inner = np.indices((4, 4, 5)).reshape(3, -1).T.astype(float)
+    expect = coarse.voxel_to_world(inner) @ [0.5, -1.0, 2.0] + 10.0
+    assert np.allclose(coarse.data[:4], expect.reshape(4, 4, 5), atol=1e-3)
+    first_block_centre = vol.voxel_to_world(np.array([0.5, 0.5, 0.0]))
+    assert np.allclose(coarse.voxel_to_world(np.zeros(3)), first_block_centre)
+    back = unmerge(coarse.data, (2, 2, 1), shape)
+    assert back.shape == shape
+    assert np.array_equal(back[1::2, 1::2], coarse.data[:4])
+    # masks by majority: a block of 4 needs 3 set
+    m = np.zeros(shape, bool)
+    m[0:2, 0:2, 0] = [[True, True], [True, False]]
+    m[2:4, 0:2, 0] = [[True, False], [True, False]]
+    out = np.asarray(merge(vol.with_data(m), (2, 2, 1), labels=True).data)
+    assert out.dtype == bool and out[0, 0, 0] and not out[1, 0, 0] and out.sum() == 1
 
 
 def test_subdivide_keeps_world_positions():
@@ -83,3 +133,21 @@ def test_table_to_post_grid_counts_voxels_of_the_label_map():
     assert out["n_voxels"].tolist() == [2, 1]
     assert out["bbox_k_min"].tolist() == [0, 1] and out["bbox_k_max"].tolist() == [1, 1]
     assert out["volume_mm3"].tolist() == [6.0, 1.0]  # measured on the finer grid, kept
+
+
+def test_table_to_post_grid_undoes_an_in_plane_merge():
+    labels = np.zeros((5, 4, 2), np.int32)
+    labels[2:4, 0:2, :] = 1  # merged voxel (1, 0) of a 2x2x1 merge, both slices
+    labels[4, 2:4, 1] = 2  # merged voxel (2, 1): its block reaches past the odd edge
+    table = pd.DataFrame({
+        "lesion_id": [1, 2], "n_voxels": [6, 1], "volume_mm3": [6.0, 1.0],
+        "bbox_i_min": [1, 2], "bbox_i_max": [1, 2], "bbox_j_min": [0, 1], "bbox_j_max": [0, 1],
+        "bbox_k_min": [0, 3], "bbox_k_max": [5, 5],
+    })
+    out = table_to_post_grid(table, labels, (1, 1, 3), (2, 2, 1))
+    assert out["n_voxels"].tolist() == [8, 2]
+    for lid in (1, 2):
+        ijk = np.argwhere(labels == lid)
+        row = out.set_index("lesion_id").loc[lid]
+        assert [row[f"bbox_{a}_min"] for a in "ijk"] == ijk.min(0).tolist()
+        assert [row[f"bbox_{a}_max"] for a in "ijk"] == ijk.max(0).tolist()

@@ -535,10 +535,15 @@ def _smoothness_line(stats: dict[str, float], zooms: Iterable[float]) -> str:
 def _work_grid_note(stats: dict[str, float]) -> str:
     """Say so when the post scan's voxels were split for the analysis (gdlesion.workgrid)."""
     factors = [int(stats.get(f"work_factor_{a}", 1)) for a in "ijk"]
-    if factors == [1, 1, 1]:
+    merged = [int(stats.get(f"merge_factor_{a}", 1)) for a in "ijk"]
+    if factors == [1, 1, 1] and merged == [1, 1, 1]:
         return ""
-    split = "x".join(map(str, factors))
-    return f"; voxels split {split} for the analysis, reported on the post grid"
+    how = []
+    if merged != [1, 1, 1]:
+        how.append("merged " + "x".join(map(str, merged)))
+    if factors != [1, 1, 1]:
+        how.append("split " + "x".join(map(str, factors)))
+    return f"; voxels {' then '.join(how)} for the analysis, reported on the post grid"
 
 
 def main() -> None:

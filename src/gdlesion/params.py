@@ -525,10 +525,13 @@ def auto_preset(zooms: Any, *, has_flair: bool) -> str:
     minimum size: more sensitive, the FLAIR rule removes what that lets
     through), others ``default``. Both split post-scan voxel edges of 2 mm or
     more into ~1 mm working voxels (``work_voxel_mm``), so thick slices are
-    analysed with the rules chosen on 1 mm scans. Only a grid that cannot be
-    split (in-plane voxels already so small that a split would make working
-    voxels under 0.7 mm3, :func:`gdlesion.workgrid.subdivision_factors`) with
-    an edge of 2 mm or more gets ``clinical-2d``.
+    analysed with the rules chosen on 1 mm scans. A grid too fine in-plane for
+    that (0.45 x 0.45 x 5 mm: working voxels under 0.7 mm3,
+    :func:`gdlesion.workgrid.subdivision_factors`) has its in-plane voxels
+    merged first (:func:`gdlesion.workgrid.merge_factors`), so it gets the
+    same presets; ``clinical-2d`` is left for a grid that still has an edge
+    of 2 mm or more after both (none of the usual MRI grids; until the
+    twenty-second session every such fine in-plane grid got it).
 
     Until the twentieth session slices of 4 mm or more went to
     ``clinical-2d``, chosen on the simulator's 5.5 mm heads. On real anatomy
@@ -554,16 +557,17 @@ def auto_preset(zooms: Any, *, has_flair: bool) -> str:
     >>> auto_preset((1.0, 1.0, 1.0), has_flair=True)
     'flair'
     >>> auto_preset((0.45, 0.45, 5.0), has_flair=False)
-    'clinical-2d'
+    'default'
     """
     import numpy as np  # not at import time: the CLI sets numpy's switches first
 
-    from .workgrid import subdivision_factors
+    from .workgrid import merge_factors, subdivision_factors
 
     zooms = np.asarray(zooms, dtype=np.float64)
     work = DetectionParams().work_voxel_mm
+    zooms = zooms * np.asarray(merge_factors(zooms, work))
     if (zooms / np.asarray(subdivision_factors(zooms, work))).max() >= 2 * work - 1e-6:
-        return "clinical-2d"  # too fine in-plane to split the slices (memory)
+        return "clinical-2d"  # cannot be brought near the working voxel size
     return "flair" if has_flair else "default"
 
 

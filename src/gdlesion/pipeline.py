@@ -193,8 +193,7 @@ def run_study(
     params : DetectionParams, preset name or JSON path, optional
         Detection parameters. ``None`` or ``"auto"`` (the default) picks the
         preset from the data (:func:`gdlesion.params.auto_preset`:
-        ``flair`` with a FLAIR, ``default`` otherwise, ``clinical-2d`` for
-        thick slices too fine in-plane to split); the name used is
+        ``flair`` with a FLAIR, ``default`` otherwise); the name used is
         ``result.pipeline``.
     overrides : dict, optional
         Parameter values that replace those of ``params`` (e.g.
@@ -214,7 +213,10 @@ def run_study(
         Everything on the post scan's grid. Post voxel edges of 2 mm or more
         (e.g. 3 mm slices) are split into ~1 mm working voxels for the
         analysis (``DetectionParams.work_voxel_mm``; ``result.stats`` then holds
-        ``work_factor_i/j/k``) and the maps brought back block by block.
+        ``work_factor_i/j/k``) and the maps brought back block by block. A grid
+        too fine in-plane to be split (0.45 x 0.45 x 5 mm) has its in-plane
+        voxels merged 2 x 2 first (``merge_factor_i/j/k``;
+        :func:`gdlesion.workgrid.merge_factors`).
 
     Raises
     ------
@@ -277,6 +279,7 @@ class _Prepared:
     warnings: list[str] = field(default_factory=list)
     post_grid: Volume | None = None  # the post scan as given (``post`` is finer when split)
     factors: tuple[int, int, int] = (1, 1, 1)  # split of post_grid's voxels into post's
+    merged: tuple[int, int, int] = (1, 1, 1)  # in-plane merge before the split (fine grids)
     flair_qc: dict[str, Any] | None = None  # the FLAIR registration's ``qc_dict``
 
 
@@ -322,15 +325,18 @@ def _prepare(
             f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
         )
     post_grid = post_v
-    factors = (1, 1, 1)
+    factors = merged = (1, 1, 1)
     if p.work_voxel_mm > 0:
-        from .workgrid import repeat_blocks, subdivide, subdivision_factors
+        from .workgrid import merge, merge_factors, subdivide, subdivision_factors
 
+        merged = merge_factors(post_v.zooms, p.work_voxel_mm)
+        if merged != (1, 1, 1):
+            post_v = merge(post_v, merged)
         factors = subdivision_factors(post_v.zooms, p.work_voxel_mm)
         if factors != (1, 1, 1):
             post_v = subdivide(post_v, factors)
-            if brain_mask is not None:
-                brain_mask = repeat_blocks(np.asarray(brain_mask, dtype=bool), factors)
+        if brain_mask is not None:
+            brain_mask = _mask_to_work_grid(brain_mask, post_grid, merged, factors)
 
     # The rigid registrations (SimpleITK, single-threaded each, GIL released) run in
     # background threads while the brain mask is estimated: same results, less wall time.
@@ -358,8 +364,7 @@ def _prepare(
                     min_volume_ml=p.min_brain_volume_ml,
                     name=f"post-contrast scan {post_v.name}".strip(),
                 )
-                if factors != (1, 1, 1):
-                    mask = repeat_blocks(mask, factors)
+                mask = _mask_to_work_grid(mask, post_grid, merged, factors)
             except BaseException:
                 for job in (reg_job, flair_job):
                     if job is not None:
@@ -425,8 +430,23 @@ def _prepare(
         post_c=post_c, pre_mapped=conditional_median_mapping(pre_c, post_c, mask_c),
         mask_c=mask_c, flair_c=flair_reg[box] if flair_reg is not None else None,
         params=p, pipeline=pipeline_name, warnings=warnings, post_grid=post_grid,
-        factors=factors, flair_qc=flair_qc,
+        factors=factors, merged=merged, flair_qc=flair_qc,
     )
+
+
+def _mask_to_work_grid(
+    mask: np.ndarray,
+    post_grid: Volume,
+    merged: tuple[int, int, int],
+    factors: tuple[int, int, int],
+) -> np.ndarray:
+    """Bring a mask of the post scan's grid to the working grid (merged by majority, then split)."""
+    from .workgrid import merge, repeat_blocks
+
+    mask = np.asarray(mask, dtype=bool)
+    if merged != (1, 1, 1):
+        mask = np.asarray(merge(post_grid.with_data(mask), merged, labels=True).data)
+    return repeat_blocks(mask, factors) if factors != (1, 1, 1) else mask
 
 
 def _detect(
@@ -590,7 +610,7 @@ def _detect(
         },
         flair_registration=prep.flair_qc,
     )
-    if prep.factors != (1, 1, 1):
+    if prep.factors != (1, 1, 1) or prep.merged != (1, 1, 1):
         result = _to_post_grid(result, prep)
     return result
 
@@ -598,25 +618,33 @@ def _detect(
 def _to_post_grid(result: StudyResult, prep: _Prepared) -> StudyResult:
     """Bring a result found on the subdivided working grid back to the post scan's grid."""
     from .registration import resample_volume
-    from .workgrid import block_any, block_labels, block_mean, table_to_post_grid
+    from .workgrid import block_any, block_labels, block_mean, table_to_post_grid, unmerge
 
-    native, k = prep.post_grid, prep.factors
+    native, k, m = prep.post_grid, prep.factors, prep.merged
     assert native is not None
-    labels = block_labels(result.labels, k)
-    rejected_labels = block_labels(result.rejected_labels, k)
+
+    def back(array: np.ndarray) -> np.ndarray:
+        return unmerge(array, m, native.shape) if m != (1, 1, 1) else array
+
+    labels = back(block_labels(result.labels, k))
+    rejected_labels = back(block_labels(result.rejected_labels, k))
     registered = resample_volume(prep.pre, native, prep.registration.matrix_ras)
     result.stats.update({f"work_factor_{a}": float(f) for a, f in zip("ijk", k, strict=True)})
+    if m != (1, 1, 1):
+        result.stats.update({f"merge_factor_{a}": float(f) for a, f in zip("ijk", m, strict=True)})
     return replace(
         result,
         post=native,
         pre_registered=registered,
         registration=replace(prep.registration, registered=registered),
-        enhancement=native.with_data(block_mean(result.enhancement.data, k), name="enhancement"),
-        brain_mask=block_any(result.brain_mask, k),
+        enhancement=native.with_data(
+            back(block_mean(result.enhancement.data, k)), name="enhancement"
+        ),
+        brain_mask=back(block_any(result.brain_mask, k)),
         labels=labels,
-        lesions=table_to_post_grid(result.lesions, labels, k),
+        lesions=table_to_post_grid(result.lesions, labels, k, m),
         rejected_labels=rejected_labels,
-        rejected=table_to_post_grid(result.rejected, rejected_labels, k),
+        rejected=table_to_post_grid(result.rejected, rejected_labels, k, m),
     )
 
 
