@@ -202,7 +202,6 @@ def inspect_command(
     no_report: bool = typer.Option(False, "--no-report", help="Skip the QC page report.html."),
 ) -> None:
     """Detect, count and measure enhancing lesions in one pre/post T1 pair."""
-    import numpy as np
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -251,11 +250,8 @@ def inspect_command(
                 f"{result.lesion_count} enhancing lesion(s), "
                 f"total {result.total_volume_mm3:.1f} mm3 "
                 f"({len(result.rejected)} candidate(s) rejected as normal enhancement)\n"
-                f"registration: correlation {reg.similarity_before:.3f} -> "
-                f"{reg.similarity_after:.3f}, "
-                f"overlap {reg.overlap_fraction:.0%}, "
-                f"translation {np.linalg.norm(reg.matrix_ras[:3, 3]):.1f} mm\n"
-                + _flair_registration_line(result.flair_registration)
+                + _registration_line("registration", reg.qc_dict())
+                + _registration_line("FLAIR registration", result.flair_registration)
                 + _smoothness_line(result.stats, result.post.zooms)
                 + f"pipeline: {result.pipeline}"
                 + (" (chosen from slice thickness and FLAIR)" if pipeline == AUTO else "")
@@ -510,13 +506,13 @@ def report_command(
     console.print(Text(f"wrote {len(pages)} page(s); open {pages[-1]}"), soft_wrap=True)
 
 
-def _flair_registration_line(qc: dict | None) -> str:
-    """One summary line on the FLAIR's registration onto the post scan ("" without FLAIR)."""
+def _registration_line(label: str, qc: dict | None) -> str:
+    """One summary line on a registration onto the post scan, from its ``qc_dict`` ("" if None)."""
     if qc is None:
         return ""
     shift = math.hypot(*qc["translation_mm"])
     return (
-        f"FLAIR registration: correlation {qc['similarity_before']:.3f} -> "
+        f"{label}: correlation {qc['similarity_before']:.3f} -> "
         f"{qc['similarity_after']:.3f}, overlap {qc['overlap_fraction']:.0%}, "
         f"translation {shift:.1f} mm, rotation {max(abs(a) for a in qc['rotation_deg']):.1f} deg\n"
     )
