@@ -43,14 +43,16 @@ def test_subdivision_factors(zooms, work, expected):
         ((0.45, 0.45, 5.5), (2, 2, 1)),  # 512 matrix, 5.5 mm slices: 0.9 x 0.9 x 1.1 mm working
         ((0.45, 0.45, 3.0), (2, 2, 1)),
         ((0.3, 5.0, 0.3), (3, 1, 3)),  # slice axis anywhere
-        ((0.6, 0.6, 5.0), (2, 2, 1)),  # otherwise split only in two: 2.5 mm working slices
+        ((0.6, 0.6, 5.0), (2, 2, 1)),  # else split only in two: 2.5 mm working slices
         ((0.7, 0.7, 5.0), (1, 1, 1)),  # splits into 0.7 x 0.7 x 1.67 mm: no merge needed
         ((0.9, 0.9, 5.5), (1, 1, 1)),
-        ((0.45, 0.45, 0.45), (1, 1, 1)),  # fine everywhere: nothing to split, nothing merged
-        ((0.45, 0.45, 1.9), (1, 1, 1)),
+        ((0.5, 0.5, 1.0), (2, 2, 1)),  # a 512-matrix 3-D scan: analysed on 1 mm voxels
+        ((0.45, 0.45, 0.45), (2, 2, 2)),
+        ((0.8, 0.8, 0.8), (1, 1, 1)),  # near the working size: as it is
+        ((1.0, 1.0, 1.0), (1, 1, 1)),
     ],
 )
-def test_merge_factors_only_where_the_slices_cannot_be_split(zooms, expected):
+def test_merge_factors_bring_fine_axes_near_the_working_size(zooms, expected):
     assert merge_factors(np.asarray(zooms), 1.0) == expected
     merged = np.asarray(zooms) * expected
     split = subdivision_factors(merged, 1.0)

@@ -324,14 +324,14 @@ def _prepare(
         raise InputError(
             f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
         )
-    post_grid = post_v
+    post_grid = mask_grid = post_v
     factors = merged = (1, 1, 1)
     if p.work_voxel_mm > 0:
-        from .workgrid import merge, merge_factors, subdivide, subdivision_factors
+        from .workgrid import merge, merge_factors, repeat_blocks, subdivide, subdivision_factors
 
         merged = merge_factors(post_v.zooms, p.work_voxel_mm)
         if merged != (1, 1, 1):
-            post_v = merge(post_v, merged)
+            post_v = mask_grid = merge(post_v, merged)
         factors = subdivision_factors(post_v.zooms, p.work_voxel_mm)
         if factors != (1, 1, 1):
             post_v = subdivide(post_v, factors)
@@ -357,14 +357,16 @@ def _prepare(
 
         if brain_mask is None:
             try:
-                # on the post scan's own grid: the mask's opening and shape tests were
-                # chosen on acquired voxels, not interpolated ones
+                # on the post scan's own grid (merged when finer than the working size),
+                # not the split one: the mask's opening and shape tests were chosen on
+                # acquired voxels, not interpolated ones
                 mask = estimate_brain_mask(
-                    post_grid.data, post_grid.affine, opening_mm=p.brain_opening_mm,
+                    mask_grid.data, mask_grid.affine, opening_mm=p.brain_opening_mm,
                     min_volume_ml=p.min_brain_volume_ml,
                     name=f"post-contrast scan {post_v.name}".strip(),
                 )
-                mask = _mask_to_work_grid(mask, post_grid, merged, factors)
+                if factors != (1, 1, 1):
+                    mask = repeat_blocks(mask, factors)
             except BaseException:
                 for job in (reg_job, flair_job):
                     if job is not None:
