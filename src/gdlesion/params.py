@@ -525,13 +525,14 @@ def auto_preset(zooms: Any, *, has_flair: bool) -> str:
     minimum size: more sensitive, the FLAIR rule removes what that lets
     through), others ``default``. Both split post-scan voxel edges of 2 mm or
     more into ~1 mm working voxels (``work_voxel_mm``), so thick slices are
-    analysed with the rules chosen on 1 mm scans. A grid too fine in-plane for
-    that (0.45 x 0.45 x 5 mm: working voxels under 0.7 mm3,
-    :func:`gdlesion.workgrid.subdivision_factors`) has its in-plane voxels
-    merged first (:func:`gdlesion.workgrid.merge_factors`), so it gets the
-    same presets; ``clinical-2d`` is left for a grid that still has an edge
-    of 2 mm or more after both (none of the usual MRI grids; until the
-    twenty-second session every such fine in-plane grid got it).
+    analysed with the rules chosen on 1 mm scans. Axes of half the working
+    size or less are merged first (:func:`gdlesion.workgrid.merge_factors`),
+    so a grid too fine in-plane for its slices to be split alone (0.45 x 0.45
+    x 5 mm: working voxels under 0.7 mm3,
+    :func:`gdlesion.workgrid.subdivision_factors`) gets the same presets;
+    ``clinical-2d`` is left for a grid that still has an edge of 2 mm or more
+    after both (none of the usual MRI grids; until the twenty-second session
+    every such fine in-plane grid got it).
 
     Until the twentieth session slices of 4 mm or more went to
     ``clinical-2d``, chosen on the simulator's 5.5 mm heads. On real anatomy

@@ -213,10 +213,10 @@ def run_study(
         Everything on the post scan's grid. Post voxel edges of 2 mm or more
         (e.g. 3 mm slices) are split into ~1 mm working voxels for the
         analysis (``DetectionParams.work_voxel_mm``; ``result.stats`` then holds
-        ``work_factor_i/j/k``) and the maps brought back block by block. A grid
-        too fine in-plane to be split (0.45 x 0.45 x 5 mm) has its in-plane
-        voxels merged 2 x 2 first (``merge_factor_i/j/k``;
-        :func:`gdlesion.workgrid.merge_factors`).
+        ``work_factor_i/j/k``) and the maps brought back block by block. Axes
+        of half the working size or less are merged first (0.45 x 0.45 x 5 mm
+        -> 0.9 x 0.9 x 1.0 mm working voxels, 0.5 x 0.5 x 1 mm -> 1 mm;
+        ``merge_factor_i/j/k``; :func:`gdlesion.workgrid.merge_factors`).
 
     Raises
     ------
@@ -324,14 +324,14 @@ def _prepare(
         raise InputError(
             f"brain mask: shape {brain_mask.shape} differs from the post scan {post_v.shape}"
         )
-    post_grid = mask_grid = post_v
+    post_grid = post_v
     factors = merged = (1, 1, 1)
     if p.work_voxel_mm > 0:
-        from .workgrid import merge, merge_factors, repeat_blocks, subdivide, subdivision_factors
+        from .workgrid import merge, merge_factors, subdivide, subdivision_factors
 
         merged = merge_factors(post_v.zooms, p.work_voxel_mm)
         if merged != (1, 1, 1):
-            post_v = mask_grid = merge(post_v, merged)
+            post_v = merge(post_v, merged)
         factors = subdivision_factors(post_v.zooms, p.work_voxel_mm)
         if factors != (1, 1, 1):
             post_v = subdivide(post_v, factors)
@@ -357,16 +357,16 @@ def _prepare(
 
         if brain_mask is None:
             try:
-                # on the post scan's own grid (merged when finer than the working size),
-                # not the split one: the mask's opening and shape tests were chosen on
-                # acquired voxels, not interpolated ones
+                # on the post scan's own grid, neither merged nor split: the mask's
+                # opening and shape tests were chosen on acquired voxels (on 0.45 mm
+                # in-plane voxels with 5 mm slices the merged grid's mask let through
+                # more edge foci: benchmarks/README.md, twenty-second session)
                 mask = estimate_brain_mask(
-                    mask_grid.data, mask_grid.affine, opening_mm=p.brain_opening_mm,
+                    post_grid.data, post_grid.affine, opening_mm=p.brain_opening_mm,
                     min_volume_ml=p.min_brain_volume_ml,
                     name=f"post-contrast scan {post_v.name}".strip(),
                 )
-                if factors != (1, 1, 1):
-                    mask = repeat_blocks(mask, factors)
+                mask = _mask_to_work_grid(mask, post_grid, merged, factors)
             except BaseException:
                 for job in (reg_job, flair_job):
                     if job is not None:
