@@ -788,3 +788,26 @@ def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_
     assert _work_grid_note(result.stats) == (
         "; voxels merged 2x2x1 then split 1x1x5 for the analysis, reported on the post grid"
     )
+
+
+def test_fine_three_d_grid_is_analysed_on_merged_one_mm_voxels():
+    """0.5 x 0.5 x 1 mm (a 512-matrix 3-D reconstruction): merged 2x2x1, not split."""
+    zooms = (0.5, 0.5, 1.0)
+    shape = (181, 201, 77)
+    aff = oblique_affine(zooms=zooms, angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
+    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    lesions = [(c, 0.7 * r) for c, r in THICK_LESIONS]
+    pre, post, truth = render(shape, aff, lesions=lesions, motion=MOTION, seed=3)
+    result = run_study(pre, post)
+    assert [result.stats[f"merge_factor_{a}"] for a in "ijk"] == [2.0, 2.0, 1.0]
+    assert [result.stats[f"work_factor_{a}"] for a in "ijk"] == [1.0, 1.0, 1.0]
+    assert result.labels.shape == result.enhancement.shape == post.shape
+    assert result.lesion_count == len(lesions)  # no tube, no plexus
+    table = result.lesions.set_index("lesion_id")
+    for tid, (centre, radius) in enumerate(lesions, start=1):
+        hits = result.labels[truth == tid]
+        lid = int(np.bincount(hits[hits > 0]).argmax())
+        assert table.loc[lid, "volume_mm3"] == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.2)
+        xyz = table.loc[lid, ["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+        assert np.all(np.abs(post.world_to_voxel(xyz) - post.world_to_voxel(np.asarray(centre)))
+                      <= 1.0)
