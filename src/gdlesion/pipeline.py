@@ -279,7 +279,7 @@ class _Prepared:
     warnings: list[str] = field(default_factory=list)
     post_grid: Volume | None = None  # the post scan as given (``post`` is finer when split)
     factors: tuple[int, int, int] = (1, 1, 1)  # split of post_grid's voxels into post's
-    merged: tuple[int, int, int] = (1, 1, 1)  # in-plane merge before the split (fine grids)
+    merged: tuple[int, int, int] = (1, 1, 1)  # merge of post_grid's fine axes before the split
     flair_qc: dict[str, Any] | None = None  # the FLAIR registration's ``qc_dict``
 
 
@@ -618,7 +618,7 @@ def _detect(
 
 
 def _to_post_grid(result: StudyResult, prep: _Prepared) -> StudyResult:
-    """Bring a result found on the subdivided working grid back to the post scan's grid."""
+    """Bring a result found on the working grid (merged and/or split) back to the post grid."""
     from .registration import resample_volume
     from .workgrid import block_any, block_labels, block_mean, table_to_post_grid, unmerge
 
