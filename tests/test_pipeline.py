@@ -788,6 +788,11 @@ def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_
     assert _work_grid_note(result.stats) == (
         "; voxels merged 2x2x1 then split 1x1x5 for the analysis, reported on the post grid"
     )
+    # a brain mask given on the post grid is merged by majority: the same lesions
+    given = run_study(pre, post, brain_mask=result.brain_mask)
+    assert given.lesion_count == result.lesion_count
+    assert given.brain_mask.shape == post.shape
+    assert np.mean(given.brain_mask != result.brain_mask) < 0.01
 
 
 def test_fine_three_d_grid_is_analysed_on_merged_one_mm_voxels():
