@@ -204,18 +204,31 @@ def acquire_slices(volume, mm: int, *, labels: bool = False):
     return Volume(data, affine, volume.name)
 
 
-def refine_inplane(volume, factor: int, *, labels: bool = False):
+def refine_inplane(volume, factor: float, *, labels: bool = False):
     """``volume`` on a grid ``factor`` times finer along its two in-plane axes (linear).
 
     What a scanner's 512-matrix reconstruction of a 256-matrix 2-D acquisition stores
     (0.45 x 0.45 x 5 mm): no new detail, more voxels. The slice axis is the one closest to
-    S, as in :func:`acquire_slices`; labels are repeated.
+    S, as in :func:`acquire_slices`; labels are repeated (an integer factor) or taken from
+    the nearest voxel (any other factor, e.g. 1.6 for 0.625 mm voxels).
     """
     from gdlesion.io import Volume
     from gdlesion.workgrid import repeat_blocks, subdivide
 
-    k = [factor] * 3
-    k[int(np.argmax(np.abs(volume.affine[2, :3])))] = 1
+    ax = int(np.argmax(np.abs(volume.affine[2, :3])))
+    if float(factor) != int(factor):
+        shape = np.asarray(volume.shape)
+        new = np.round(shape * float(factor)).astype(int)
+        new[ax] = shape[ax]
+        kk = new / shape
+        data = ndi.zoom(np.asarray(volume.data, dtype=np.int32 if labels else np.float32), kk,
+                        order=0 if labels else 1, mode="nearest", grid_mode=True)
+        affine = volume.affine.copy()
+        affine[:3, :3] = volume.affine[:3, :3] / kk
+        affine[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, :3] @ (0.5 / kk - 0.5)
+        return Volume(data, affine, volume.name)
+    k = [int(factor)] * 3
+    k[ax] = 1
     k = tuple(k)
     if labels:
         fine = subdivide(volume.with_data(np.zeros(volume.shape, np.float32)), k)
@@ -472,7 +485,7 @@ def main() -> None:
                     help="average every MM slices of the 1 mm cases (Lesjak pairs and their "
                          "FLAIR, 1 mm simulated heads) into one, as a 2-D acquisition of MM mm "
                          "slices; truth and scores on that grid")
-    ap.add_argument("--inplane", type=int, default=0, metavar="K",
+    ap.add_argument("--inplane", type=float, default=0, metavar="K",
                     help="after --slices, interpolate the 1 mm cases onto K times finer in-plane "
                          "voxels (K=2: 0.5 x 0.5 x MM mm, as a 512-matrix reconstruction); truth "
                          "on that grid")

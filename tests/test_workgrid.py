@@ -48,6 +48,8 @@ def test_subdivision_factors(zooms, work, expected):
         ((0.9, 0.9, 5.5), (1, 1, 1)),
         ((0.5, 0.5, 1.0), (2, 2, 1)),  # a 512-matrix 3-D scan: analysed on 1 mm voxels
         ((0.45, 0.45, 0.45), (2, 2, 2)),
+        ((0.625, 0.625, 1.0), (1, 1, 1)),  # merged voxels would be 1.25 mm: as it is
+        ((0.508, 0.508, 1.0), (2, 2, 1)),  # 260 mm / 512: 1.016 mm merged
         ((0.8, 0.8, 0.8), (1, 1, 1)),  # near the working size: as it is
         ((1.0, 1.0, 1.0), (1, 1, 1)),
     ],
