@@ -33,9 +33,10 @@ LESIONS = [
 ]
 
 
-def _affine():
-    aff = oblique_affine(zooms=(1.0, 1.2, 1.5), angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
-    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(SHAPE) - 1) / 2.0)
+def _affine(shape=SHAPE, zooms=(1.0, 1.2, 1.5)):
+    """The tests' oblique affine, centred on the phantom for a grid of ``shape`` and ``zooms``."""
+    aff = oblique_affine(zooms=zooms, angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
+    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     return aff
 
 
@@ -714,8 +715,7 @@ THICK_LESIONS = [((18.0, -25.0, -8.0), 5.0), ((-18.0, 25.0, 5.0), 4.5), ((12.0, 
 
 
 def test_three_mm_slices_are_analysed_on_a_finer_grid_and_reported_on_their_own():
-    aff = oblique_affine(zooms=(1.0, 1.2, 3.0), angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
-    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(THICK_SHAPE) - 1) / 2.0)
+    aff = _affine(THICK_SHAPE, (1.0, 1.2, 3.0))
     pre, post, truth = render(THICK_SHAPE, aff, lesions=THICK_LESIONS, motion=MOTION, seed=3)
     result = run_study(pre, post)
     assert result.pipeline == "default"
@@ -756,8 +756,7 @@ FINE_LESIONS = [((18.0, -25.0, -8.0), 4.0), ((-18.0, 25.0, 5.0), 3.5), ((12.0, 2
 
 
 def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_own_grid():
-    aff = oblique_affine(zooms=(0.45, 0.45, 5.0), angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
-    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(FINE_SHAPE) - 1) / 2.0)
+    aff = _affine(FINE_SHAPE, (0.45, 0.45, 5.0))
     pre, post, truth = render(FINE_SHAPE, aff, lesions=FINE_LESIONS, motion=MOTION, seed=3)
     result = run_study(pre, post)
     # 2x2 in-plane merge, then 5 working slices per acquired one: 0.9 x 0.9 x 1.0 mm
@@ -797,10 +796,8 @@ def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_
 
 def test_fine_three_d_grid_is_analysed_on_merged_one_mm_voxels():
     """0.5 x 0.5 x 1 mm (a 512-matrix 3-D reconstruction): merged 2x2x1, not split."""
-    zooms = (0.5, 0.5, 1.0)
     shape = (181, 201, 77)
-    aff = oblique_affine(zooms=zooms, angles_deg=(12.0, -7.0, 20.0), origin=(0, 0, 0))
-    aff[:3, 3] = -aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    aff = _affine(shape, (0.5, 0.5, 1.0))
     lesions = [(c, 0.7 * r) for c, r in THICK_LESIONS]
     pre, post, truth = render(shape, aff, lesions=lesions, motion=MOTION, seed=3)
     result = run_study(pre, post)
