@@ -558,7 +558,10 @@ def main() -> None:
     # baseline and the whole CLI, interleaved (median of 5 each: single runs of either vary by
     # +-0.3 s on the shared VM), each in a fresh process with nothing else running
     elastix_runs, cli_runs = [], []
-    for _ in range(0 if args.skip_speed else 5):
+    if not patients:
+        print(f"  no Lesjak pairs under {LESJAK}: their cases and the speed rounds are skipped",
+              flush=True)
+    for _ in range(0 if args.skip_speed or not patients else 5):
         elastix_runs.append(elastix_seconds_in_subprocess(patients[0]))
         cli_runs.append(inspect_cli_seconds(patients[0]))
     elastix_s = float(np.median(elastix_runs)) if elastix_runs else float("nan")
@@ -589,7 +592,7 @@ def main() -> None:
                 f"  done {row['case']}: {row['detections']} detections, {row['time_s']:.1f} s",
                 flush=True,
             )
-    report(rows, elastix_s, patients[0], cli_s, others)
+    report(rows, elastix_s, patients[0] if patients else "(no Lesjak pair)", cli_s, others)
 
 
 def _own_foci(row, unmodified):
