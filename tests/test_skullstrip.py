@@ -101,6 +101,27 @@ def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
     assert min(without) < 0.5  # the test can tell
 
 
+def test_bright_lesion_touching_the_sinuses_stays_inside_coarse_mask():
+    """The same 14 mm lesion at the one site of 60 (heads 1-3, 20 random sites each) where
+    it touches the sinuses' bright region on a 4 mm head: together they exceed
+    ``max_hole_ml`` and were not filled, so 0.33 of the lesion stayed in the mask. Its
+    thick core, cut off from the sinuses by an erosion, is filled now (0 of 60 below 0.95).
+    """
+    study = simulate_study(resolution="1mm", voxel_size=4.0, seed=1, n_lesions=0,
+                           with_flair=False)
+    truth = truth_brain_mask(study)
+    zooms = np.asarray(study.post.zooms)
+    data, affine = study.post.data, study.post.affine
+    depth = ndi.distance_transform_edt(truth, sampling=zooms)
+    wm = float(np.median(data[estimate_brain_mask(data, affine) & (depth > 20)]))
+    centre = np.linalg.solve(affine[:3, :3], np.array([-8.0, -79.0, 36.0]) - affine[:3, 3])
+    grid = np.indices(data.shape).transpose(1, 2, 3, 0) * zooms
+    ball = np.linalg.norm(grid - np.round(centre) * zooms, axis=-1) <= 7.0
+    assert 9 < depth[tuple(np.round(centre).astype(int))] < 11
+    bright = np.where(ball, 2.5 * wm, data).astype(np.float32)
+    assert estimate_brain_mask(bright, affine)[ball].mean() >= 0.95
+
+
 def test_bright_lesion_beside_a_sulcus_stays_inside_fine_mask():
     """An 8 mm lesion brighter than the tissue ceiling, 3 mm under the surface of a 1 mm head.
 

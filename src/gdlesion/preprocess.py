@@ -203,7 +203,14 @@ def estimate_brain_mask(
         Coarse full head: enclosed regions brighter than the ceiling up to this
         volume (enhancing lesions, vessels) count as tissue before the opening;
         otherwise the wider opening cuts the cortex between a bright lesion and
-        the brain's surface, and the lesion ends up outside the mask.
+        the brain's surface, and the lesion ends up outside the mask. A larger
+        region (a lesion touching the sinuses) has its thick cores, cut off by
+        an erosion of one voxel, filled when they are up to this volume.
+        Measured (a 14 mm lesion 10 mm under the surface of 4 mm heads, 60
+        random sites): 2 sites kept 0.33 of it without that step, none below
+        0.95 with it; the mask's share outside the brain on nine 2-D, 3 mm
+        and 4 mm heads rose by at most 0.1 point. Raising this volume to 20 ml
+        instead also kept them, but added up to 1.5 points there.
     min_enclosed : float, optional
         Full-head input: a region brighter than the ceiling, of at most
         ``max_hole_ml``, joins the mask when at least this fraction of the voxels
@@ -271,12 +278,28 @@ def estimate_brain_mask(
         if coarse:
             # bright enhancing lesions and vessels above the ceiling are holes in the tissue;
             # enclosed small ones are filled so that the wider opening does not open them
-            holes, n_holes = ndi.label(ndi.binary_fill_holes(tissue) & (smooth > ceiling))
+            enclosed = ndi.binary_fill_holes(tissue) & (smooth > ceiling)
+            holes, n_holes = ndi.label(enclosed)
             if n_holes:
-                sizes = np.bincount(holes.ravel()) * float(np.prod(zooms)) / 1000.0
+                voxel_ml = float(np.prod(zooms)) / 1000.0
+                sizes = np.bincount(holes.ravel()) * voxel_ml
                 sizes[0] = np.inf
-                tissue |= (sizes <= max_hole_ml)[holes]
-            del holes
+                small = (sizes <= max_hole_ml)[holes]
+                tissue |= small
+                # a bright lesion touching a larger bright structure (the sinuses, on 3-4 mm
+                # voxels) is one region with it: its thick core, cut off by an erosion of
+                # one voxel, is filled too, grown back by up to three voxels within the
+                # region (a 14 mm lesion is 3.5 voxels of 4 mm across: one voxel gave back
+                # about half of it, two 0.78-0.96, three all of it)
+                large = enclosed & ~small
+                cores, n_cores = ndi.label(ndi.binary_erosion(large))
+                if n_cores:
+                    core_ml = np.bincount(cores.ravel()) * voxel_ml
+                    core_ml[0] = np.inf
+                    keep = (core_ml <= max_hole_ml)[cores]
+                    tissue |= ndi.binary_dilation(keep, iterations=3) & large
+                del small, large, cores
+            del holes, enclosed
             # thick slices / coarse voxels blur the skull base: a wider opening, and a
             # watershed on the dark skull ridge vetoes what still leaks (gdlesion.skullstrip)
             nearby = head & (dist2 <= 60.0**2)
