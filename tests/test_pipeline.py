@@ -710,6 +710,14 @@ def test_version_is_the_installed_distribution_version():
     assert gdlesion.__version__ == version("gdlesion")
 
 
+def _assert_outputs_on_post_grid(result, post):
+    """Every map of ``result`` has the post scan's shape; the registered pre scan its affine."""
+    for arr in (result.labels, result.rejected_labels, result.brain_mask,
+                result.enhancement.data, result.pre_registered.data):
+        assert arr.shape == post.shape
+    assert np.array_equal(result.pre_registered.affine, post.affine)
+
+
 THICK_SHAPE = (100, 92, 29)  # 1.0 x 1.2 x 3.0 mm oblique voxels: a 2-D spin-echo T1 of MS trials
 THICK_LESIONS = [((18.0, -25.0, -8.0), 5.0), ((-18.0, 25.0, 5.0), 4.5), ((12.0, 28.0, -14.0), 4.0)]
 
@@ -722,10 +730,7 @@ def test_three_mm_slices_are_analysed_on_a_finer_grid_and_reported_on_their_own(
     assert [result.stats[f"work_factor_{a}"] for a in "ijk"] == [1.0, 1.0, 3.0]
     # everything is on the post scan's own grid
     assert result.post is post or np.array_equal(result.post.affine, post.affine)
-    for arr in (result.labels, result.rejected_labels, result.brain_mask,
-                result.enhancement.data, result.pre_registered.data):
-        assert arr.shape == post.shape
-    assert np.array_equal(result.pre_registered.affine, post.affine)
+    _assert_outputs_on_post_grid(result, post)
     assert result.lesion_count == len(THICK_LESIONS)
     table = result.lesions.set_index("lesion_id")
     assert np.bincount(result.labels.ravel())[1:].tolist() == table["n_voxels"].tolist()
@@ -763,10 +768,7 @@ def test_fine_in_plane_thick_slices_are_merged_then_split_and_reported_on_their_
     assert result.pipeline == "default"
     assert [result.stats[f"merge_factor_{a}"] for a in "ijk"] == [2.0, 2.0, 1.0]
     assert [result.stats[f"work_factor_{a}"] for a in "ijk"] == [1.0, 1.0, 5.0]
-    for arr in (result.labels, result.rejected_labels, result.brain_mask,
-                result.enhancement.data, result.pre_registered.data):
-        assert arr.shape == post.shape
-    assert np.array_equal(result.pre_registered.affine, post.affine)
+    _assert_outputs_on_post_grid(result, post)
     # the tube and the plexus are not reported: only the planted lesions
     assert result.lesion_count == len(FINE_LESIONS)
     table = result.lesions.set_index("lesion_id")

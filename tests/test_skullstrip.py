@@ -74,13 +74,10 @@ def test_head_with_zeroed_air_is_not_read_as_skull_stripped(resolution, voxel_si
     assert leak <= 0.01 and miss <= 0.01, (leak, miss)
 
 
-def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
-    """A 14 mm lesion brighter than the tissue ceiling, 10 mm under the brain's surface.
-
-    It is a hole in the tissue; without filling such holes the wider opening of coarse
-    scans cuts the cortex outside it and the lesion leaves the mask (measured: 0-33 % of
-    it inside at 6 of 10 random positions).
-    """
+@pytest.fixture(scope="module")
+def coarse_head():
+    """Head 1 on 4 mm voxels without lesions: post data, affine, zooms, depth under the true
+    brain's surface (mm) and the white-matter level of its mask's interior."""
     study = simulate_study(resolution="1mm", voxel_size=4.0, seed=1, n_lesions=0,
                            with_flair=False)
     truth = truth_brain_mask(study)
@@ -88,6 +85,17 @@ def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
     data, affine = study.post.data, study.post.affine
     depth = ndi.distance_transform_edt(truth, sampling=zooms)
     wm = float(np.median(data[estimate_brain_mask(data, affine) & (depth > 20)]))
+    return data, affine, zooms, depth, wm
+
+
+def test_bright_lesion_near_the_surface_stays_inside_coarse_mask(coarse_head):
+    """A 14 mm lesion brighter than the tissue ceiling, 10 mm under the brain's surface.
+
+    It is a hole in the tissue; without filling such holes the wider opening of coarse
+    scans cuts the cortex outside it and the lesion leaves the mask (measured: 0-33 % of
+    it inside at 6 of 10 random positions).
+    """
+    data, affine, zooms, depth, wm = coarse_head
     sites = np.argwhere((depth > 9) & (depth < 11))
     rng = np.random.default_rng(0)
     grid = np.indices(data.shape).transpose(1, 2, 3, 0) * zooms
@@ -101,19 +109,13 @@ def test_bright_lesion_near_the_surface_stays_inside_coarse_mask():
     assert min(without) < 0.5  # the test can tell
 
 
-def test_bright_lesion_touching_the_sinuses_stays_inside_coarse_mask():
-    """The same 14 mm lesion at the one site of 60 (heads 1-3, 20 random sites each) where
-    it touches the sinuses' bright region on a 4 mm head: together they exceed
+def test_bright_lesion_touching_the_sinuses_stays_inside_coarse_mask(coarse_head):
+    """The same 14 mm lesion at one of the two sites of 60 (heads 1-3, 20 random sites each)
+    where it touches the sinuses' bright region on a 4 mm head: together they exceed
     ``max_hole_ml`` and were not filled, so 0.33 of the lesion stayed in the mask. Its
     thick core, cut off from the sinuses by an erosion, is filled now (0 of 60 below 0.95).
     """
-    study = simulate_study(resolution="1mm", voxel_size=4.0, seed=1, n_lesions=0,
-                           with_flair=False)
-    truth = truth_brain_mask(study)
-    zooms = np.asarray(study.post.zooms)
-    data, affine = study.post.data, study.post.affine
-    depth = ndi.distance_transform_edt(truth, sampling=zooms)
-    wm = float(np.median(data[estimate_brain_mask(data, affine) & (depth > 20)]))
+    data, affine, zooms, depth, wm = coarse_head
     centre = np.linalg.solve(affine[:3, :3], np.array([-8.0, -79.0, 36.0]) - affine[:3, 3])
     grid = np.indices(data.shape).transpose(1, 2, 3, 0) * zooms
     ball = np.linalg.norm(grid - np.round(centre) * zooms, axis=-1) <= 7.0
