@@ -36,6 +36,7 @@ __all__ = [
     "carve_thick_cores",
     "label_peaks",
     "peak_blob_ratio",
+    "slice_variance",
     "split_round_peaks",
 ]
 
@@ -91,12 +92,69 @@ def _kernels(half: np.ndarray, zooms: np.ndarray, scales: tuple[float, ...]) -> 
     return np.stack(cols, axis=1).astype(np.float32)
 
 
+def slice_variance(zooms: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Variance (mm2) per axis that thick slices add on a working grid split by ``factors``.
+
+    An acquired slice of thickness ``T`` averages over a box (variance ``T**2 /
+    12``) and the linear interpolation onto the working slices spreads it about
+    as much again: ``2 * (T**2 - t**2) / 12`` with ``t`` the working slice
+    (zero on axes that are not split). On a synthetic 3.3 mm ball acquired in one
+    5.5 mm slice (box, then linear interpolation onto 1.1 mm slices) the peak's
+    blob ratio is 0.30 uncorrected, 0.40 with once the box variance and 0.61 with
+    twice; a 2.4 mm tube across the slices stays at 0.05-0.07.
+
+    Examples
+    --------
+    >>> slice_variance(np.array([1.0, 1.0, 1.1]), (1, 1, 5)).round(2).tolist()
+    [0.0, 0.0, 4.84]
+    """
+    zooms = np.asarray(zooms, dtype=np.float64)
+    return (np.asarray(factors, dtype=np.float64) ** 2 - 1.0) * zooms**2 / 6.0
+
+
+def _deconvolution_factors(
+    patch: np.ndarray,
+    hess: np.ndarray,
+    half: np.ndarray,
+    zooms: np.ndarray,
+    scales: tuple[float, ...],
+    slice_var: np.ndarray,
+) -> np.ndarray:
+    """Factors ``(n, scales, 3, 3)`` that remove ``slice_var`` from the curvature at each peak."""
+    axes = [np.arange(-h, h + 1) * z for h, z in zip(half, zooms, strict=True)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    r2 = sum(x * x for x in grid)
+    cols = []
+    for s in scales:
+        g = np.exp(-r2 / (2.0 * s * s))
+        g[r2 > (3.5 * s) ** 2] = 0.0
+        cols.append((g / g.sum()).ravel())
+    smooth = patch @ np.stack(cols, axis=1).astype(np.float32)  # (n, scales): G at the peak
+    s2 = np.asarray(scales, dtype=np.float64) ** 2
+    f = np.ones(hess.shape[:3])
+    for a in np.flatnonzero(np.asarray(slice_var) > 0):
+        curv = hess[:, :, a, a] / s2[None]  # the Hessian is scale-normalised (s**2)
+        ok = (curv < 0) & (smooth > 0)
+        var = -smooth / np.where(ok, curv, -1.0)
+        less = np.maximum(var - slice_var[a], s2[None])
+        fa = np.where(ok, var / np.where(ok, less, 1.0), 1.0)
+        # never more curved than the most curved other axis (the slice does not make a
+        # nodule flat; over-correcting a peak that is already short along a would)
+        others = [b for b in range(3) if b != a]
+        most = np.max(-hess[:, :, others, others], axis=-1)
+        cur = -hess[:, :, a, a]
+        cap = np.where(cur > 0, np.maximum(most, cur) / np.where(cur > 0, cur, 1.0), 1.0)
+        f[:, :, a] = np.minimum(fa, cap)
+    return np.sqrt(f[:, :, :, None] * f[:, :, None, :])
+
+
 def peak_blob_ratio(
     image: np.ndarray,
     peaks: np.ndarray,
     zooms: np.ndarray,
     *,
     scales: tuple[float, ...] = SCALES_MM,
+    slice_variance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blob ratio and blob strength of ``image`` at each peak voxel.
 
@@ -110,6 +168,17 @@ def peak_blob_ratio(
         Voxel size (mm) per axis.
     scales : tuple of float
         Gaussian sigmas (mm).
+    slice_variance : numpy.ndarray, optional
+        Per axis, the variance (mm2) that the acquisition added to everything
+        along that axis: on a working grid that splits thick slices
+        (:mod:`gdlesion.workgrid`) a nodule thinner than a slice is spread over
+        the slice and more. At each peak and scale the Gaussian-smoothed value
+        ``G`` and the curvature ``H_aa`` give the variance there, ``-G /
+        H_aa`` (exact for a Gaussian blob); the curvature is rescaled as if that
+        variance were smaller by ``slice_variance[a]`` (never below the scale's
+        own), and the mixed terms by the geometric mean of the two factors. A
+        tube crossing the slices has no curvature along them and stays a tube;
+        a nodule inside one slice becomes round again. See :func:`slice_variance`.
 
     Returns
     -------
@@ -138,12 +207,15 @@ def peak_blob_ratio(
     ).reshape(-1, 3)
     where = (peaks[:, None, :] + offsets[None]).transpose(2, 0, 1)
     flat = np.ravel_multi_index(tuple(where), padded.shape)
-    response = padded.ravel()[flat] @ _kernels(half, zooms, scales)  # (n, 6 * scales)
+    patch = padded.ravel()[flat]
+    response = patch @ _kernels(half, zooms, scales)  # (n, 6 * scales)
     hess = np.empty((n, len(scales), 3, 3), dtype=np.float64)
     r = response.reshape(n, len(scales), 6)
     for c, (i, j) in enumerate(((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))):
         hess[:, :, i, j] = r[:, :, c]
         hess[:, :, j, i] = r[:, :, c]
+    if slice_variance is not None and np.any(np.asarray(slice_variance) > 0):
+        hess *= _deconvolution_factors(patch, hess, half, zooms, scales, slice_variance)
     if thick.any():
         keep = np.flatnonzero(~thick)
         hess = hess[:, :, keep][:, :, :, keep]
