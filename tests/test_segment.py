@@ -177,6 +177,8 @@ def _table(**values):
         pattern="nodular",
     )
     row.update(values)
+    if "slice_blob_ratio" not in values:  # no split: the two ratios are the same
+        row["slice_blob_ratio"] = row["blob_ratio"]
     return pd.DataFrame([row])
 
 
@@ -213,6 +215,13 @@ def _table(**values):
         ({"max_enhancement_pct": 150.0, "blob_ratio": 0.59}, "vessel"),
         ({"max_enhancement_pct": 149.9, "blob_ratio": 0.59}, ""),
         ({"max_enhancement_pct": 300.0, "blob_ratio": 0.6}, ""),
+        # split thick slices: the tube part reads the slice-corrected ratio, the others not
+        ({"blob_ratio": 0.25, "slice_blob_ratio": 0.5}, ""),
+        ({"blob_ratio": 0.5, "slice_blob_ratio": 0.3}, "vessel"),
+        ({"blob_ratio": 0.25, "slice_blob_ratio": np.nan}, "vessel"),
+        ({"blob_ratio": 0.25, "slice_blob_ratio": 0.6, "max_enhancement_pct": 150.0}, "vessel"),
+        ({"thickness_mm": 5.0, "compactness": 6.0, "blob_ratio": 0.5,
+          "slice_blob_ratio": 0.6}, "vessel"),
         ({"max_enhancement_pct": 300.0, "blob_ratio": 0.5, "pattern": "ring"}, ""),
         ({"max_enhancement_pct": 300.0, "blob_ratio": np.nan}, ""),
         ({"edge_fraction": 0.5, "blob_ratio": 0.5}, "brain_edge"),

@@ -178,7 +178,9 @@ class DetectionParams:
         (inclusive) is a tube or an edge, not a nodule (see
         :func:`gdlesion.rules.vessel`). 0.3 is halfway between a 2:1 ovoid
         (0.4, the most elongated common MS lesion shape) and a 3:1 tube (0.2,
-        the ``vessel_elongation`` limit). 0 disables the rule.
+        the ``vessel_elongation`` limit). 0 disables the rule. On thick
+        slices split for the analysis it reads the ratio with the slice's
+        spread removed (``slice_blob_ratio``).
     vessel_blob_exempt : float
         A candidate whose peak has a blob ratio at least this (inclusive) is
         not taken by the branching-vessel part of the rule: its peak is a
