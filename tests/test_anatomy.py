@@ -111,3 +111,41 @@ def test_ventricle_neighbourhood_reaches_half_an_acquired_slice():
     np.testing.assert_allclose(iso, [2.2, 3.0])
     assert split[0] <= 2.0 < iso[0]
     assert split[1] == pytest.approx(3.0)
+
+
+def test_edge_band_reaches_a_whole_acquired_slice_on_split_grids():
+    """A surface vessel averaged over a 5.5 mm slice reaches deeper than the 3 mm edge band on
+    the working slices; on split grids the band is a slice deep (``edge_slice_fraction``)."""
+    from gdlesion.anatomy import Context, edge_margin
+    from gdlesion.measure import lesion_features
+    from gdlesion.params import DetectionParams
+    from gdlesion.rules import brain_edge
+
+    zooms = np.array([0.9, 0.9, 1.1])
+    p = DetectionParams()
+    assert p.edge_slice_fraction == 1.0
+    assert edge_margin(zooms, (1, 1, 5), margin_mm=3.0, slice_fraction=1.0) == pytest.approx(5.5)
+    assert edge_margin(zooms, (1, 1, 1), margin_mm=3.0, slice_fraction=1.0) == 3.0  # unsplit
+    assert edge_margin(zooms, (1, 1, 5), margin_mm=3.0, slice_fraction=0.0) == 3.0  # off
+    assert edge_margin(np.ones(3), (1, 1, 3), margin_mm=3.0, slice_fraction=1.0) == 3.0  # 3 mm
+    # a focus whose voxels lie 1-5.2 mm under the surface (one per working slice)
+    shape = (8, 8, 12)
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[4, 4, 3:9] = 1
+    depth = np.array([1.0, 2.2, 3.4, 4.0, 4.6, 5.2])
+
+    def table(margin):
+        return lesion_features(
+            labels, 1, affine=np.diag([*zooms, 1.0]), z=np.ones(shape, np.float32),
+            residual=np.ones(shape, np.float32), nawm_level=1.0,
+            context=Context(depth, *[np.full(6, 8.0)] * 2), edge_margin_mm=margin,
+            ventricle_margin_mm=2.0, factors=(1, 1, 5),
+        )
+
+    thin, whole = table(3.0), table(edge_margin(zooms, (1, 1, 5), margin_mm=3.0,
+                                                 slice_fraction=1.0))
+    assert thin["edge_fraction"].iloc[0] == pytest.approx(0.5 - 1 / 6)
+    assert whole["edge_fraction"].iloc[0] == pytest.approx(1.0)
+    for t in (thin, whole):  # a vessel-like peak: no exemption for round nodules
+        t["blob_ratio"] = 0.2
+    assert not brain_edge(thin, p)[0] and brain_edge(whole, p)[0]

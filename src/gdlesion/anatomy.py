@@ -22,6 +22,7 @@ from .preprocess import ball
 __all__ = [
     "AnatomyMaps", "Context", "anatomical_context", "anatomy_maps", "distance_at",
     "ENCLOSED_MIN_DARK_FRACTION", "ventricle_mask", "csf_space", "ventricle_zooms",
+    "edge_margin",
 ]
 
 
@@ -199,6 +200,34 @@ def ventricle_zooms(
     acquired = zooms * np.asarray(factors)
     reach = np.where(split, np.maximum(margin_mm, slice_fraction * acquired), margin_mm)
     return zooms * (margin_mm / reach)
+
+
+def edge_margin(
+    zooms: np.ndarray,
+    factors: tuple[int, int, int],
+    *,
+    margin_mm: float,
+    slice_fraction: float,
+) -> float:
+    """Depth (mm) of the brain-edge band on a (possibly split) working grid.
+
+    ``margin_mm`` on an unsplit grid; on a grid whose axes are split by
+    ``factors`` (thick slices on thinner working slices) at least
+    ``slice_fraction`` times the thickest acquired edge of a split axis (see
+    ``DetectionParams.edge_slice_fraction``).
+
+    Examples
+    --------
+    >>> edge_margin(np.array([0.9, 0.9, 1.1]), (1, 1, 5), margin_mm=3.0, slice_fraction=1.0)
+    5.5
+    >>> edge_margin(np.array([1.0, 1.0, 1.0]), (1, 1, 3), margin_mm=3.0, slice_fraction=1.0)
+    3.0
+    """
+    split = np.asarray(factors) > 1
+    if slice_fraction <= 0 or not split.any():
+        return float(margin_mm)
+    acquired = np.asarray(zooms, dtype=float) * np.asarray(factors)
+    return float(max(margin_mm, slice_fraction * acquired[split].max()))
 
 
 @dataclass(frozen=True, eq=False)

@@ -459,7 +459,7 @@ def _detect(
     stage: Callable[[str], None] = lambda name: None,
 ) -> StudyResult:
     """Find, measure and judge the candidates of a prepared study (``params`` overrides)."""
-    from .anatomy import Context, anatomical_context, anatomy_maps, ventricle_zooms
+    from .anatomy import Context, anatomical_context, anatomy_maps, edge_margin, ventricle_zooms
     from .blob import carve_thick_cores, split_round_peaks
     from .measure import CONTEXT_COLUMNS, context_features, empty_table, lesion_features
     from .preprocess import tissue_thresholds
@@ -495,6 +495,9 @@ def _detect(
         med, sd = robust_sigma(prep.flair_c[mask_c])
         flair_z = ((prep.flair_c - med) / sd).astype(np.float32)
 
+    edge_mm = edge_margin(
+        zooms, prep.factors, margin_mm=p.edge_margin_mm, slice_fraction=p.edge_slice_fraction
+    )
     vzooms = ventricle_zooms(
         zooms, prep.factors, margin_mm=p.ventricle_margin_mm,
         slice_fraction=p.ventricle_slice_fraction,
@@ -509,7 +512,7 @@ def _detect(
             nawm_level = float(np.median(post_c[nawm] if nawm.any() else post_c[mask_c]))
         kw = dict(
             affine=_crop_affine(post_v.affine, box), z=z, residual=residual,
-            nawm_level=nawm_level, edge_margin_mm=p.edge_margin_mm,
+            nawm_level=nawm_level, edge_margin_mm=edge_mm,
             ventricle_margin_mm=p.ventricle_margin_mm, flair_z=flair_z,
             factors=prep.factors,
         )
