@@ -236,6 +236,9 @@ def _table(**values):
         ({"edge_fraction": 0.9, "compactness": 6.0}, "brain_edge"),
         ({"edge_fraction": 0.9, "compactness": 30.0, "pattern": "ring"}, ""),
         ({"edge_fraction": 0.9, "blob_ratio": np.nan}, "brain_edge"),
+        # split thick slices: the round-nodule exemption reads the slice-corrected ratio
+        ({"edge_fraction": 0.9, "blob_ratio": 0.45, "slice_blob_ratio": 0.6}, ""),
+        ({"edge_fraction": 0.9, "blob_ratio": 0.6, "slice_blob_ratio": 0.59}, "brain_edge"),
         ({"ventricle_fraction": 0.5}, "choroid_plexus"),
         # a round, strongly significant nodule in tissue on the ventricular wall is not plexus
         ({"ventricle_fraction": 1.0, "max_z": 6.0, "blob_ratio": 0.5, "csf_distance_mm": 2.0}, ""),

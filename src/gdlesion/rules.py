@@ -26,6 +26,15 @@ def _large_compact(t: pd.DataFrame, min_volume_mm3: float, p: DetectionParams) -
     )
 
 
+def _slice_blob(t: pd.DataFrame) -> np.ndarray:
+    """``slice_blob_ratio`` where it is known (split thick slices), else ``blob_ratio``."""
+    blob = t["blob_ratio"].to_numpy(dtype=np.float64)
+    if "slice_blob_ratio" not in t.columns:
+        return blob
+    across = t["slice_blob_ratio"].to_numpy(dtype=np.float64)
+    return np.where(np.isfinite(across), across, blob)
+
+
 def too_small(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     """Smaller than ``min_volume_mm3`` (reported lesions have ``volume_mm3 >= min_volume_mm3``).
 
@@ -155,10 +164,7 @@ def vessel(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
         & ~ring
         & ~nodule_peak
     )
-    tblob = blob
-    if "slice_blob_ratio" in t.columns:  # thick slices split for the analysis
-        across = t["slice_blob_ratio"].to_numpy(dtype=np.float64)
-        tblob = np.where(np.isfinite(across), across, blob)
+    tblob = _slice_blob(t)
     tube = (
         (p.vessel_max_blob_ratio > 0)
         & np.isfinite(tblob)
@@ -297,10 +303,18 @@ def brain_edge(t: pd.DataFrame, p: DetectionParams) -> np.ndarray:
     0.5-0.7 and conspicuity 3-6 give the same result; without the compactness
     test that complex is detected. Off in ``clinical-2d``: there the blob
     ratio is in-plane, and a vein crossing the slices is a round dot.
+
+    On thick slices split into working slices the band is a slice deep
+    (``DetectionParams.edge_slice_fraction``: a surface vessel averaged over
+    its slice reaches that much deeper where the surface is oblique to the
+    slices) and the round-peak test reads ``slice_blob_ratio`` (a
+    juxtacortical nodule inside one slice is stretched across the working
+    slices, see :func:`vessel`). Measured in ``benchmarks/README.md``
+    (twenty-fourth session).
     """
     hit = (t["edge_fraction"] >= p.edge_fraction).to_numpy()
     if p.edge_round_blob_ratio > 0:
-        blob = t["blob_ratio"].to_numpy(dtype=np.float64)
+        blob = _slice_blob(t)
         nodule = (t["compactness"] < p.vessel_min_compactness) | (t["pattern"] == "ring")
         exempt = (
             np.isfinite(blob)
