@@ -72,16 +72,27 @@ def label_peaks(values: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndar
     return peak, ijk
 
 
-def _kernels(half: np.ndarray, zooms: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:
-    """Scale-normalised second-derivative kernels, shape ``(patch voxels, 6 * len(scales))``."""
+def _patch_gaussians(
+    half: np.ndarray, zooms: np.ndarray, scales: tuple[float, ...]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Patch coordinates (mm per axis) and the normalised Gaussian of each scale (cut at 3.5 s)."""
     axes = [np.arange(-h, h + 1) * z for h, z in zip(half, zooms, strict=True)]
     grid = np.meshgrid(*axes, indexing="ij")
     r2 = sum(x * x for x in grid)
-    cols = []
+    gaussians = []
     for s in scales:
         g = np.exp(-r2 / (2.0 * s * s))
         g[r2 > (3.5 * s) ** 2] = 0.0
         g /= g.sum()
+        gaussians.append(g)
+    return grid, gaussians
+
+
+def _kernels(half: np.ndarray, zooms: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:
+    """Scale-normalised second-derivative kernels, shape ``(patch voxels, 6 * len(scales))``."""
+    grid, gaussians = _patch_gaussians(half, zooms, scales)
+    cols = []
+    for s, g in zip(scales, gaussians, strict=True):
         for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
             if i == j:
                 k = (grid[i] ** 2 / s**4 - 1.0 / s**2) * g
@@ -121,15 +132,8 @@ def _deconvolution_factors(
     slice_var: np.ndarray,
 ) -> np.ndarray:
     """Factors ``(n, scales, 3, 3)`` that remove ``slice_var`` from the curvature at each peak."""
-    axes = [np.arange(-h, h + 1) * z for h, z in zip(half, zooms, strict=True)]
-    grid = np.meshgrid(*axes, indexing="ij")
-    r2 = sum(x * x for x in grid)
-    cols = []
-    for s in scales:
-        g = np.exp(-r2 / (2.0 * s * s))
-        g[r2 > (3.5 * s) ** 2] = 0.0
-        cols.append((g / g.sum()).ravel())
-    smooth = patch @ np.stack(cols, axis=1).astype(np.float32)  # (n, scales): G at the peak
+    _, gaussians = _patch_gaussians(half, zooms, scales)
+    smooth = patch @ np.stack([g.ravel() for g in gaussians], axis=1).astype(np.float32)  # G
     s2 = np.asarray(scales, dtype=np.float64) ** 2
     f = np.ones(hess.shape[:3])
     for a in np.flatnonzero(np.asarray(slice_var) > 0):
